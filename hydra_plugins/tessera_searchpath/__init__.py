@@ -1,0 +1,1 @@
+"""Hydra discovers this plugin through the ``hydra_plugins`` namespace package."""

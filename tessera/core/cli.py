@@ -1,0 +1,173 @@
+"""The ``tessera`` command line: ``train`` (a Hydra application), ``plugins``, ``assets``.
+
+User errors (:class:`~tessera.core.errors.TesseraError`, bad config overrides) print one line ``error: ...`` and
+exit with status 2. ``tessera train`` composes and validates every job of the command (all combinations of a
+``-m`` sweep) before Hydra creates any run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+
+import tessera
+from tessera.core.errors import ConfigError, TesseraError
+
+#: Hydra flags that print information instead of running a job: no validation before them.
+_HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                     "--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"}
+
+
+def _fail(error: Exception) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def prepare_hydra() -> None:
+    """Put the schema and every registered technique config into Hydra's ConfigStore."""
+    from tessera.core.config import store_schema
+    from tessera.core.plugins import get_plugins
+
+    store_schema()
+    get_plugins().registry.store_configs()
+
+
+def compose_config(overrides: list[str]):
+    """Compose ``tessera train``'s config with ``overrides`` (no run directory, no Hydra job)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("tessera.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _explain(error: Exception, overrides: list[str]) -> str:
+    """One line for a Hydra / OmegaConf composition error, listing the valid names where there are some."""
+    from hydra.errors import MissingConfigException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return f"unknown {group or 'config'} '{name}': choose one of {', '.join(sorted(error.options))}"
+    cause = error.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        parent_path, _, leaf = key.rpartition(".")
+        rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+        base = compose_config(rest)
+        parent = OmegaConf.select(base, parent_path) if parent_path else base
+        valid = sorted(parent.keys()) if hasattr(parent, "keys") else []
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f" (did you mean {parent_path + '.' if parent_path else ''}{close[0]}?)" if close else ""
+        return f"unknown parameter '{key}'{hint}: valid keys of {parent_path or 'the config'} are {', '.join(valid)}"
+    if key and isinstance(cause, ValidationError):
+        return f"invalid value for '{key}': {str(cause).splitlines()[0]}"
+    return str(error).strip().splitlines()[0]
+
+
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists of every job the command starts (the sweep expanded)."""
+    job_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if not multirun:
+        return [job_overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(job_overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate(overrides: list[str], multirun: bool = False) -> None:
+    """Compose and validate every job of the command; raise ``ConfigError`` / ``DataError`` on the first problem."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tessera.core.pipeline import prepare
+
+    for job in _jobs(overrides, multirun):
+        try:
+            cfg = compose_config(job)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise ConfigError(_explain(error, job)) from None
+        prepare(cfg, run_dir=None)
+
+
+def train(overrides: list[str]) -> int:
+    """``tessera train [hydra overrides]``: validate, then run the Hydra application."""
+    import hydra
+
+    from tessera.core.pipeline import run_job
+
+    prepare_hydra()
+    if not _HYDRA_INFO_FLAGS.intersection(overrides):
+        try:
+            validate(overrides, multirun=bool({"-m", "--multirun"}.intersection(overrides)))
+        except TesseraError as error:
+            _fail(error)
+
+    @hydra.main(config_path="pkg://tessera.conf", config_name="config", version_base="1.3")
+    def task(cfg):
+        try:
+            return run_job(cfg)
+        except TesseraError as error:
+            _fail(error)
+
+    sys.argv = ["tessera train", *overrides]
+    task()
+    return 0
+
+
+def plugins_report() -> dict:
+    """``{"plugins": [{"name", "version"}...], "techniques": {family: [names]}, "failed": [...]}``."""
+    from tessera.core.plugins import get_plugins
+    from tessera.core.techniques import FAMILIES
+
+    plugins = get_plugins()
+    return {
+        "plugins": [{"name": i.name, "version": i.version, "distribution": i.distribution} for i in plugins.infos.values()],
+        "techniques": {family: plugins.registry.names(family) for family in FAMILIES},
+        "failed": [{"name": f.name, "error": f.error} for f in plugins.failures],
+    }
+
+
+def show_plugins(as_json: bool) -> int:
+    """``tessera plugins [--json]``."""
+    report = plugins_report()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print("plugins:")
+    for plugin in report["plugins"]:
+        print(f"  {plugin['name']:<28} {plugin['version']:<10} ({plugin['distribution']})")
+    print("techniques:")
+    for family, names in report["techniques"].items():
+        print(f"  {family:<11} {', '.join(names) or '-'}")
+    for failure in report["failed"]:
+        print(f"skipped plugin {failure['name']}: {failure['error']}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tessera`` console script."""
+    parser = argparse.ArgumentParser(prog="tessera", description=tessera.__doc__)
+    parser.add_argument("--version", action="version", version=f"tessera {tessera.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="compose techniques and train (Hydra overrides follow)", add_help=False)
+    listing = commands.add_parser("plugins", help="list installed plugins and their techniques")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("assets", help="fetch / verify / list the offline assets", add_help=False)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "train":
+            return train(rest)
+        if args.command == "assets":
+            from tessera.core import assets
+
+            return assets.main(rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return show_plugins(args.json)
+    except TesseraError as error:
+        _fail(error)

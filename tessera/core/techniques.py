@@ -1,0 +1,157 @@
+"""The technique families: one small base class per family, each the protocol the pipeline calls.
+
+A technique is a class with a ``name``, a ``Config`` dataclass (its parameters, type-checked by Hydra) and the
+methods of its family. The pipeline builds one instance per selected technique, ``cls(config)``, and calls them in
+config order. ``validate`` runs before any heavy work and raises
+:class:`~tessera.core.errors.IncompatibleError` for a combination that cannot work.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from tessera.core.run import Composition, Run
+
+FAMILIES = ("objective", "adapter", "augment", "adversary", "compress", "ensemble", "kg", "aggregator")
+
+
+@dataclass
+class TechniqueConfig:
+    """Parameters of a technique that takes none; technique configs subclass it."""
+
+
+class Technique(ABC):
+    """Base of every technique. Subclasses set ``family`` (through their family base), ``name`` and ``Config``."""
+
+    family: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type] = TechniqueConfig
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def validate(self, composition: Composition) -> None:
+        """Raise ``IncompatibleError`` when this technique cannot run in ``composition``; called before any work."""
+
+    @property
+    def label(self) -> str:
+        """``family=name``, as on the command line."""
+        return f"{self.family}={self.name}"
+
+
+@dataclass
+class ObjectiveConfig(TechniqueConfig):
+    """Parameters shared by all objectives: the weight of this loss in a combination."""
+
+    weight: float = 1.0
+
+
+class Objective(Technique):
+    """Turns a batch into a scalar loss. ``task`` names the model head it needs (e.g. ``sequence-classification``)."""
+
+    family = "objective"
+    task: ClassVar[str]
+    Config = ObjectiveConfig
+
+    @abstractmethod
+    def loss(self, model, batch):
+        """Return the loss tensor of ``batch`` (a dict of tensors from the collator) under ``model``."""
+
+
+class Adapter(Technique):
+    """Transforms the model before training and undoes the transformation for export."""
+
+    family = "adapter"
+
+    @abstractmethod
+    def apply(self, model, run: Run):
+        """Return the model to train (it may wrap ``model``)."""
+
+    def merge(self, model):
+        """Return a plain model with this adapter folded in, for a self-contained export."""
+        return model
+
+    def save_unmerged(self, model, directory) -> bool:
+        """Write the adapter alone to ``directory`` if it has an unmerged form; return whether it wrote one."""
+        return False
+
+
+class Augmenter(Technique):
+    """Maps training examples to training examples, deterministically from ``seed``."""
+
+    family = "augment"
+
+    @abstractmethod
+    def augment(self, examples: list[dict], seed: int) -> list[dict]:
+        """Return the augmented training examples (each a dict with ``text`` and ``label``)."""
+
+
+class Adversary(Technique):
+    """Owns the backward seam of a training step."""
+
+    family = "adversary"
+
+    @abstractmethod
+    def backward(self, step, loss) -> None:
+        """Back-propagate ``loss`` (and any adversarial losses) for ``step`` (a :class:`TrainStep`)."""
+
+
+class Compressor(Technique):
+    """Transforms the trained model (pruning, quantization, sparsity, distillation)."""
+
+    family = "compress"
+
+    @abstractmethod
+    def compress(self, model, run: Run):
+        """Return the compressed model."""
+
+
+class Ensembler(Technique):
+    """Combines the trained model with other models or their outputs."""
+
+    family = "ensemble"
+
+    @abstractmethod
+    def combine(self, model, run: Run):
+        """Return the ensembled model."""
+
+
+class KGRetriever(Technique):
+    """Maps text to knowledge-graph facts and injects them into the examples."""
+
+    family = "kg"
+
+    @abstractmethod
+    def enrich(self, examples: list[dict], run: Run) -> list[dict]:
+        """Return the examples with knowledge injected."""
+
+
+class Aggregator(Technique):
+    """Combines client updates into a new global model state."""
+
+    family = "aggregator"
+
+    @abstractmethod
+    def aggregate(self, global_state: dict, updates: list[tuple[dict, int]], round_number: int) -> dict:
+        """Return the new global state from the clients' ``(state, num_examples)`` updates."""
+
+
+FAMILY_BASES: dict[str, type[Technique]] = {
+    cls.family: cls
+    for cls in (Objective, Adapter, Augmenter, Adversary, Compressor, Ensembler, KGRetriever, Aggregator)
+}
+
+#: The registration hook of each family (see :mod:`tessera.core.hookspecs`).
+FAMILY_HOOKS = {
+    "objective": "tessera_objectives",
+    "adapter": "tessera_adapters",
+    "augment": "tessera_augmenters",
+    "adversary": "tessera_adversaries",
+    "compress": "tessera_compressors",
+    "ensemble": "tessera_ensemblers",
+    "kg": "tessera_kg_retrievers",
+    "aggregator": "tessera_aggregators",
+}

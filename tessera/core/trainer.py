@@ -1,0 +1,265 @@
+"""tessera's training loop on accelerate, with named seams where techniques act.
+
+Seams, in the order of a step: **loss** (the objectives, weighted), **backward** (the adversary when one is
+selected, else a plain backward), **before the optimizer step** (gradient clipping, then the
+``tessera_before_optimizer_step`` event), **step end** (the ``tessera_step_end`` event, then a checkpoint when due).
+A checkpoint holds the trainable weights, the optimizer, the schedule, the RNG states and the position in the
+epoch, so ``resume=true`` continues a killed run to the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tessera.core.batching import TokenizedSplit, batch_order, collate
+from tessera.core.errors import ConfigError
+from tessera.core.run import Run
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class TrainStep:
+    """What an adversary sees at the backward seam: the model, the batch and how to recompute the loss."""
+
+    model: object
+    batch: dict
+    accelerator: object
+    compute_loss: Callable[[dict], object]
+
+    def backward(self, loss) -> None:
+        """Back-propagate ``loss`` (scaled for mixed precision when needed)."""
+        self.accelerator.backward(loss)
+
+
+def _cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(trainer_cfg) -> tuple[str, str]:
+    """``(device, mixed_precision)`` from ``trainer.device`` and ``trainer.precision``."""
+    import torch
+
+    device = trainer_cfg.device
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"trainer.device={device} is not one of auto, cpu, cuda")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use trainer.device=cpu or auto")
+    precision = trainer_cfg.precision
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"trainer.precision={precision} is not one of auto, fp32, bf16, fp16")
+    if precision == "auto":
+        if device == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if _cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU: use bf16 or fp32 on the CPU")
+    return device, {"fp32": "no"}.get(precision, precision)
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Trains ``model`` on ``train`` with the run's objectives and adversary."""
+
+    def __init__(self, run: Run, model, train: TokenizedSplit, validation: TokenizedSplit, pad_id: int):
+        import torch
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        self.run, self.train, self.validation, self.pad_id = run, train, validation, pad_id
+        self.cfg = run.cfg.trainer
+        if self.cfg.num_threads:
+            torch.set_num_threads(self.cfg.num_threads)
+        device, mixed_precision = resolve_device(self.cfg)
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+        random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        optimizer = torch.optim.AdamW(_param_groups(model, self.cfg.weight_decay), lr=self.cfg.learning_rate)
+        self.batches_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.gradient_accumulation_steps)
+        total = self.cfg.max_steps or self.steps_per_epoch * self.cfg.epochs
+        run.total_steps = total
+        scheduler = get_scheduler(
+            {"constant": "constant_with_warmup"}.get(self.cfg.scheduler, self.cfg.scheduler),
+            optimizer,
+            num_warmup_steps=round(self.cfg.warmup_ratio * total),
+            num_training_steps=total,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        self.objectives = run.composition.selected("objective")
+        adversaries = run.composition.selected("adversary")
+        self.adversary = adversaries[0] if adversaries else None
+        self.checkpoint_dir = run.dir / "checkpoints"
+        self.global_step, self.epoch, self.batches_done = 0, 0, 0
+
+    # --- seams ---------------------------------------------------------------------------------------------
+
+    def compute_loss(self, batch):
+        """The loss seam: the weighted sum of the objectives' losses."""
+        return sum(objective.config.weight * objective.loss(self.model, batch) for objective in self.objectives)
+
+    def backward(self, batch, loss) -> None:
+        """The backward seam: the adversary owns it when one is selected."""
+        scaled = loss / self.cfg.gradient_accumulation_steps
+        if self.adversary is None:
+            self.accelerator.backward(scaled)
+        else:
+            step = TrainStep(
+                self.model,
+                batch,
+                self.accelerator,
+                lambda b: self.compute_loss(b) / self.cfg.gradient_accumulation_steps,
+            )
+            self.adversary.backward(step, scaled)
+
+    def before_optimizer_step(self) -> None:
+        """The seam after the gradients are complete: clip them, then let plugins act."""
+        if self.cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.run.emit("before_optimizer_step", model=self.model, step=self.global_step + 1)
+
+    # --- loop ----------------------------------------------------------------------------------------------
+
+    def fit(self):
+        """Train to the end (from the last checkpoint when ``resume=true``) and return the unwrapped model."""
+        if self.run.cfg.resume:
+            self._restore()
+        self.run.start_step = self.global_step
+        self.run.emit("run_start")
+        accumulation = self.cfg.gradient_accumulation_steps
+        while self.epoch < self.cfg.epochs and not self._finished():
+            batches = batch_order(self.train, self.cfg.batch_size, self.cfg.seed, self.epoch, self.cfg.group_by_length)
+            self.model.train()
+            losses, samples, started = [], 0, time.perf_counter()
+            for position in range(self.batches_done, len(batches)):
+                batch = collate(self.train, batches[position], self.pad_id, self.accelerator.device)
+                loss = self.compute_loss(batch)
+                self.backward(batch, loss)
+                losses.append(loss.item())
+                samples += len(batches[position])
+                if (position + 1) % accumulation and position + 1 < len(batches):
+                    continue
+                self.before_optimizer_step()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                self.batches_done = position + 1
+                elapsed = time.perf_counter() - started
+                metrics = {
+                    "loss": sum(losses) / len(losses),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "samples_per_second": samples / elapsed if elapsed > 0 else 0.0,
+                    "epoch": self.epoch + self.batches_done / len(batches),
+                }
+                self.run.emit("step_end", step=self.global_step, metrics=metrics)
+                losses, samples, started = [], 0, time.perf_counter()
+                if self._finished():
+                    break
+                if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
+                    self._checkpoint()
+            else:
+                self.epoch, self.batches_done = self.epoch + 1, 0
+                self.run.emit("epoch_end", epoch=self.epoch, metrics=self._validate())
+                self._checkpoint()
+        return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+
+    def _finished(self) -> bool:
+        return self.global_step >= self.run.total_steps
+
+    def _validate(self) -> dict:
+        from tessera.core.evaluate import predict_probabilities
+
+        if not len(self.validation):
+            return {}
+        probabilities = predict_probabilities(
+            self.model, self.validation, self.cfg.eval_batch_size, self.pad_id, self.accelerator.device
+        )
+        correct = sum(int(p.argmax() == y) for p, y in zip(probabilities, self.validation.labels))
+        return {"accuracy": correct / len(self.validation)}
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+
+    def _trainable_state(self) -> dict:
+        model = self.accelerator.unwrap_model(self.model)
+        return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def _checkpoint(self) -> None:
+        """Write a resumable checkpoint atomically (a temporary directory renamed into place)."""
+        import torch
+
+        if not self.accelerator.is_main_process:
+            return
+        final = self.checkpoint_dir / f"step-{self.global_step:07d}"
+        if final.exists():
+            return
+        partial = final.with_name(final.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        state = {
+            "trainable": self._trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "position": {"global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "total_steps": self.run.total_steps,
+        }
+        torch.save(state, partial / CHECKPOINT_FILE)
+        os.replace(partial, final)
+        for old in self.checkpoints()[: -max(1, self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def checkpoints(self) -> list[Path]:
+        """The complete checkpoints of the run, oldest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoint_dir.glob("step-*") if (p / CHECKPOINT_FILE).is_file())
+
+    def _restore(self) -> None:
+        import torch
+
+        found = self.checkpoints()
+        if not found:
+            return
+        state = torch.load(found[-1] / CHECKPOINT_FILE, weights_only=False)
+        if state["total_steps"] != self.run.total_steps:
+            raise ConfigError(
+                f"the checkpoint {found[-1]} was written for {state['total_steps']} steps, this config makes "
+                f"{self.run.total_steps}: resume with the run's own config (no trainer overrides)"
+            )
+        parameters = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                parameters[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        position = state["position"]
+        self.global_step, self.epoch, self.batches_done = (
+            position["global_step"],
+            position["epoch"],
+            position["batches_done"],
+        )
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])

@@ -1,0 +1,50 @@
+"""Built-in console logger: a rich progress bar with loss and throughput, and the metrics of each evaluation."""
+
+from tessera import hookimpl
+
+_PROGRESS_KEY = "console.progress"
+
+
+@hookimpl
+def tessera_run_start(run):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} samples/s"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+    progress.start()
+    task = progress.add_task("train", total=run.total_steps, completed=run.start_step, loss=float("nan"), speed=0.0)
+    run.state[_PROGRESS_KEY] = (progress, task)
+
+
+@hookimpl
+def tessera_step_end(run, step, metrics):
+    progress, task = run.state[_PROGRESS_KEY]
+    progress.update(task, completed=step, loss=metrics["loss"], speed=metrics["samples_per_second"])
+
+
+@hookimpl
+def tessera_epoch_end(run, epoch, metrics):
+    progress, _ = run.state[_PROGRESS_KEY]
+    shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+    progress.console.print(f"epoch {epoch}: validation {shown}")
+
+
+@hookimpl
+def tessera_evaluation(run, split, metrics):
+    from rich.console import Console
+
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    Console().print(f"[bold]{split}[/bold]: {shown}")
+
+
+@hookimpl
+def tessera_run_end(run, status, metrics):
+    found = run.state.pop(_PROGRESS_KEY, None)
+    if found:
+        found[0].stop()

@@ -1,0 +1,42 @@
+"""Built-in TensorBoard logger: training scalars per step and evaluation metrics, under ``<run>/tensorboard``."""
+
+from tessera import hookimpl
+
+_WRITER_KEY = "tensorboard.writer"
+
+
+def _writer(run):
+    if _WRITER_KEY not in run.state:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run.state[_WRITER_KEY] = SummaryWriter(log_dir=str(run.dir / "tensorboard"))
+    return run.state[_WRITER_KEY]
+
+
+@hookimpl
+def tessera_step_end(run, step, metrics):
+    writer = _writer(run)
+    for key, value in metrics.items():
+        writer.add_scalar(f"train/{key}", value, step)
+
+
+@hookimpl
+def tessera_epoch_end(run, epoch, metrics):
+    writer = _writer(run)
+    for key, value in metrics.items():
+        writer.add_scalar(f"validation/{key}", value, epoch)
+
+
+@hookimpl
+def tessera_evaluation(run, split, metrics):
+    writer = _writer(run)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            writer.add_scalar(f"{split}/{key}", value, run.total_steps)
+
+
+@hookimpl
+def tessera_run_end(run, status, metrics):
+    writer = run.state.pop(_WRITER_KEY, None)
+    if writer is not None:
+        writer.close()
