@@ -194,8 +194,8 @@ def test_real_movie_reviews():
     sentences = read_csv(path / "sentence_polarity.csv")
     reviews = read_csv(path / "full_reviews.csv")
     assert list(sentences[0]) == ["text", "label"]
-    assert len(sentences) == 4000 and Counter(row["label"] for row in sentences) == {"1": 2000, "0": 2000}
-    assert len(reviews) == 1500 and Counter(row["label"] for row in reviews) == {"1": 750, "0": 750}
+    assert len(sentences) == 4000 and Counter(row["label"] for row in sentences) == {"positive": 2000, "negative": 2000}
+    assert len(reviews) == 1500 and Counter(row["label"] for row in reviews) == {"positive": 750, "negative": 750}
     assert all(row["text"] and row["text"] == row["text"].strip() for row in sentences + reviews)
     assert sentences[0]["text"].startswith("the rock is destined to be the 21st century's new \" conan \"")
 

