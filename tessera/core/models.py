@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from tessera.core.errors import ConfigError
@@ -62,3 +63,21 @@ def load_model(model_cfg, task: str, labels: list[str], tokenizer, seed: int):
         return auto_class.from_config(config)
     transformers.logging.set_verbosity_error()
     return auto_class.from_pretrained(path, dtype=torch.float32, **extra)
+
+
+def module_names(model_cfg, task: str) -> dict[str, str]:
+    """``{qualified module name: class name}`` of the model ``model_cfg`` describes, built on the meta device."""
+    return _module_names(model_cfg.pretrained, tuple(sorted(dict(model_cfg.config_overrides).items())), task)
+
+
+@functools.cache
+def _module_names(pretrained: str, overrides: tuple, task: str) -> dict[str, str]:
+    import torch
+    import transformers
+    from omegaconf import OmegaConf
+
+    model_cfg = OmegaConf.create({"pretrained": pretrained})
+    config = transformers.AutoConfig.from_pretrained(pretrained_path(model_cfg), **dict(overrides))
+    with torch.device("meta"):
+        model = getattr(transformers, AUTO_CLASSES[task]).from_config(config)
+    return {name: type(module).__name__ for name, module in model.named_modules()}

@@ -113,7 +113,10 @@ def execute(run: Run, splits: Splits) -> dict:
         run.emit("run_end", status="failed", metrics={})
         raise
     timings["total"] = sum(timings.values())
-    write_json(run.dir / "metrics.json", {"test": metrics, "seconds": timings, "steps": run.total_steps})
+    write_json(
+        run.dir / "metrics.json",
+        {"test": metrics, "seconds": timings, "steps": run.total_steps, **trainer.history},
+    )
     write_text(run.dir / "report.md", markdown_report(run.composition.describe(), metrics, timings))
     _status(run, "complete", accuracy=metrics["accuracy"], seconds=timings["total"])
     run.emit("run_end", status="complete", metrics=metrics)

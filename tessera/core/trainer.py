@@ -113,6 +113,8 @@ class Trainer:
         self.adversary = adversaries[0] if adversaries else None
         self.checkpoint_dir = run.dir / "checkpoints"
         self.global_step, self.epoch, self.batches_done = 0, 0, 0
+        #: ``{"train": [step metrics], "validation": [epoch metrics]}``, kept across a resume.
+        self.history: dict[str, list[dict]] = {"train": [], "validation": []}
 
     # --- seams ---------------------------------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class Trainer:
                     "samples_per_second": samples / elapsed if elapsed > 0 else 0.0,
                     "epoch": self.epoch + self.batches_done / len(batches),
                 }
+                self.history["train"].append({"step": self.global_step, **metrics})
                 self.run.emit("step_end", step=self.global_step, metrics=metrics)
                 losses, samples, started = [], 0, time.perf_counter()
                 if self._finished():
@@ -182,7 +185,9 @@ class Trainer:
                     self._checkpoint()
             else:
                 self.epoch, self.batches_done = self.epoch + 1, 0
-                self.run.emit("epoch_end", epoch=self.epoch, metrics=self._validate())
+                validation = self._validate()
+                self.history["validation"].append({"epoch": self.epoch, **validation})
+                self.run.emit("epoch_end", epoch=self.epoch, metrics=validation)
                 self._checkpoint()
         return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
 
@@ -225,6 +230,7 @@ class Trainer:
             "position": {"global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done},
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "total_steps": self.run.total_steps,
+            "history": self.history,
         }
         torch.save(state, partial / CHECKPOINT_FILE)
         os.replace(partial, final)
@@ -261,5 +267,6 @@ class Trainer:
             position["epoch"],
             position["batches_done"],
         )
+        self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])

@@ -15,8 +15,8 @@ class LoraConfig(TechniqueConfig):
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    #: Module names (suffixes) to adapt, or ``all-linear``.
-    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    #: Module names (suffixes) to adapt, or ``[all-linear]``: every linear layer but the output head.
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     #: Modules trained in full beside the adapters; null lets PEFT choose (the classification head).
     modules_to_save: Optional[list[str]] = None
     bias: str = "none"
@@ -27,6 +27,23 @@ class Lora(Adapter):
 
     name = "lora"
     Config = LoraConfig
+
+    def validate(self, composition):
+        from tessera.core.models import module_names
+
+        targets = list(self.config.target_modules)
+        if targets == ["all-linear"]:
+            return
+        names = module_names(composition.cfg.model, composition.task)
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            leaves = sorted({n.rpartition(".")[2] for n, kind in names.items() if kind in ("Linear", "Conv1D")})
+            raise IncompatibleError(
+                self.label,
+                f"model={composition.cfg.model.name}",
+                f"the model has no modules named {missing} (its linear layers are named {', '.join(leaves)}): "
+                "set adapter.lora.target_modules to some of them, or to [all-linear]",
+            )
 
     def apply(self, model, run):
         import peft
@@ -45,12 +62,7 @@ class Lora(Adapter):
             bias=self.config.bias,
             task_type=task_type,
         )
-        try:
-            return peft.get_peft_model(model, lora)
-        except ValueError as error:
-            raise IncompatibleError(
-                self.label, f"model={run.cfg.model.name}", f"{error} (set adapter.lora.target_modules)"
-            ) from None
+        return peft.get_peft_model(model, lora)
 
     def merge(self, model):
         return model.merge_and_unload()
