@@ -179,8 +179,8 @@ class Trainer:
                 self.history["train"].append({"step": self.global_step, **metrics})
                 self.run.emit("step_end", step=self.global_step, metrics=metrics)
                 losses, samples, started = [], 0, time.perf_counter()
-                if self._finished():
-                    break
+                if self._finished() and position + 1 < len(batches):
+                    break  # max_steps reached inside an epoch
                 if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
                     self._checkpoint()
             else:
