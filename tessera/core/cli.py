@@ -69,7 +69,9 @@ def _explain(error: Exception, overrides: list[str]) -> str:
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override lists of every job the command starts (the sweep expanded)."""
-    job_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    job_overrides = [
+        o for o in overrides if not o.startswith("-") and not o.lstrip("+~").startswith(("hydra.", "hydra/"))
+    ]
     if not multirun:
         return [job_overrides]
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper

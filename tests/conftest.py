@@ -1,0 +1,55 @@
+"""Shared helpers: run the real ``tessera`` command line in a subprocess, and make third-party plugin packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tessera(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900):
+    """Run ``python -m tessera ARGS`` offline; return the completed process (never raises on failure)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tessera", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
+
+
+def make_plugin(root: Path, name: str, source: str, distribution: str | None = None) -> Path:
+    """Install a one-module plugin package into ``root`` (a directory to put on PYTHONPATH): its module
+    ``<name>_plugin`` holds ``source`` and its entry point ``<name>`` is in the group ``tessera``."""
+    distribution = distribution or f"{name}-plugin"
+    module = f"{name}_plugin"
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{distribution.replace('-', '_')}-0.3.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.3.0\n")
+    (info / "entry_points.txt").write_text(f"[tessera]\n{name} = {module}\n")
+    return root
+
+
+def load_json(path: Path):
+    """Parse a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """One complete ``experiment=smoke`` run (tiny random model, real tokenizer and sentences, LoRA)."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    result = tessera("train", "experiment=smoke", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

@@ -1,0 +1,115 @@
+"""The plugin system: families, discovery through entry points, failures, allow / block lists."""
+
+import json
+
+import pytest
+from conftest import make_plugin, tessera
+
+from tessera.core.errors import ConfigError
+from tessera.core.techniques import FAMILIES
+
+GOOD_PLUGIN = """
+from dataclasses import dataclass
+from tessera import hookimpl
+from tessera.core.techniques import Augmenter, TechniqueConfig
+
+@dataclass
+class UpperConfig(TechniqueConfig):
+    copies: int = 1
+
+class Upper(Augmenter):
+    name = "upper"
+    Config = UpperConfig
+    def augment(self, examples, seed):
+        return examples + [dict(e, text=e["text"].upper()) for e in examples for _ in range(self.config.copies)]
+
+@hookimpl
+def tessera_augmenters():
+    return [Upper]
+"""
+
+
+def plugins_json(env=None) -> dict:
+    result = tessera("plugins", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_plugins_json_lists_the_eight_families_and_the_builtins():
+    report = plugins_json()
+    assert list(report["techniques"]) == list(FAMILIES)
+    assert len(FAMILIES) == 8
+    assert all(isinstance(names, list) for names in report["techniques"].values())
+    assert "classification" in report["techniques"]["objective"]
+    assert "lora" in report["techniques"]["adapter"]
+    names = {plugin["name"]: plugin["version"] for plugin in report["plugins"]}
+    assert {"tessera.objectives", "tessera.adapters", "tessera.console", "tessera.tensorboard"} <= set(names)
+
+
+def test_third_party_plugin_is_discovered_with_its_version(tmp_path):
+    make_plugin(tmp_path, "upper", GOOD_PLUGIN)
+    report = plugins_json({"PYTHONPATH": str(tmp_path)})
+    assert {"name": "upper", "version": "0.3.0", "distribution": "upper-plugin"} in report["plugins"]
+    assert report["techniques"]["augment"] == ["upper"]
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("raise ImportError('no module named shiny_dependency')", "shiny_dependency"),
+        ("from tessera import hookimpl\n@hookimpl\ndef tessera_no_such_hook():\n    pass\n", "tessera_no_such_hook"),
+        ("from tessera import hookimpl\n@hookimpl\ndef tessera_adapters():\n    return [object]\n", "not a subclass"),
+    ],
+    ids=["import-error", "unknown-hook", "bad-registration"],
+)
+def test_broken_plugin_is_reported_by_name_and_skipped(tmp_path, source, expected):
+    make_plugin(tmp_path, "broken", source)
+    make_plugin(tmp_path, "upper", GOOD_PLUGIN)
+    report = plugins_json({"PYTHONPATH": str(tmp_path)})
+    failures = {failure["name"]: failure["error"] for failure in report["failed"]}
+    assert expected in failures["broken"]
+    assert "broken" not in {plugin["name"] for plugin in report["plugins"]}
+    assert report["techniques"]["augment"] == ["upper"]
+    assert "lora" in report["techniques"]["adapter"]
+    human = tessera("plugins", env={"PYTHONPATH": str(tmp_path)})
+    assert human.returncode == 0 and "skipped plugin broken" in human.stderr
+
+
+def test_a_second_plugin_cannot_take_a_registered_name(tmp_path):
+    make_plugin(tmp_path, "upper", GOOD_PLUGIN)
+    make_plugin(tmp_path, "twin", GOOD_PLUGIN)
+    report = plugins_json({"PYTHONPATH": str(tmp_path)})
+    assert report["techniques"]["augment"] == ["upper"]
+    assert "already registered by plugin 'upper'" in {f["name"]: f["error"] for f in report["failed"]}["twin"]
+
+
+def test_environment_block_and_allow_lists(tmp_path):
+    make_plugin(tmp_path, "upper", GOOD_PLUGIN)
+    blocked = plugins_json({"PYTHONPATH": str(tmp_path), "TESSERA_PLUGINS_BLOCK": "upper,tessera.adapters"})
+    assert blocked["techniques"]["augment"] == [] and blocked["techniques"]["adapter"] == []
+    not_allowed = plugins_json({"PYTHONPATH": str(tmp_path), "TESSERA_PLUGINS_ALLOW": "someone-else"})
+    assert not_allowed["techniques"]["augment"] == []
+    assert "classification" in not_allowed["techniques"]["objective"]
+    allowed = plugins_json({"PYTHONPATH": str(tmp_path), "TESSERA_PLUGINS_ALLOW": "upper"})
+    assert allowed["techniques"]["augment"] == ["upper"]
+
+
+def test_config_key_blocks_a_plugin_for_one_run():
+    from tessera.core.cli import prepare_hydra, validate
+
+    prepare_hydra()
+    with pytest.raises(ConfigError, match="comes from plugin 'tessera.adapters'"):
+        validate(["experiment=smoke", "plugins.block=[tessera.adapters]"])
+    validate(["experiment=smoke", "adapter=none", "plugins.block=[tessera.adapters]"])
+    with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
+        validate(["experiment=smoke", "plugins.block=[nope]"])
+
+
+def test_blocked_logger_receives_no_events():
+    from tessera.core.cli import compose_config, prepare_hydra
+    from tessera.core.run import compose
+
+    prepare_hydra()
+    composition = compose(compose_config(["experiment=smoke", "plugins.block=[tessera.tensorboard]"]))
+    registered = {name for name, _ in composition.plugins.manager.list_name_plugin()}
+    assert "tessera.tensorboard" not in registered and "tessera.console" in registered
