@@ -151,23 +151,29 @@ def show_plugins(as_json: bool) -> int:
     return 0
 
 
+#: Verbs that parse their own arguments: name -> (help, "module:function" called with the remaining argv).
+DELEGATED_COMMANDS = {
+    "train": ("compose techniques and train (Hydra overrides follow)", "tessera.core.cli:train"),
+    "assets": ("fetch / verify / list the offline assets", "tessera.core.assets:main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tessera`` console script."""
+    import importlib
+
     parser = argparse.ArgumentParser(prog="tessera", description=tessera.__doc__)
     parser.add_argument("--version", action="version", version=f"tessera {tessera.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="compose techniques and train (Hydra overrides follow)", add_help=False)
+    for name, (summary, _) in DELEGATED_COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
     listing = commands.add_parser("plugins", help="list installed plugins and their techniques")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser("assets", help="fetch / verify / list the offline assets", add_help=False)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "train":
-            return train(rest)
-        if args.command == "assets":
-            from tessera.core import assets
-
-            return assets.main(rest)
+        if args.command in DELEGATED_COMMANDS:
+            module, _, function = DELEGATED_COMMANDS[args.command][1].partition(":")
+            return getattr(importlib.import_module(module), function)(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return show_plugins(args.json)

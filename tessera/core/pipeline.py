@@ -77,6 +77,8 @@ def execute(run: Run, splits: Splits) -> dict:
             model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)
             for adapter in run.composition.selected("adapter"):
                 model = adapter.apply(model, run)
+            for retriever in run.composition.selected("kg"):
+                model = retriever.attach(model, run)
             tokenized = {
                 name: tokenize(split, tokenizer, cfg.data.max_length)
                 for name, split in (("train", train), ("validation", validation), ("test", test))

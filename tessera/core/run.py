@@ -79,9 +79,10 @@ def compose(cfg: DictConfig) -> Composition:
     adversaries = composition.selected("adversary")
     if len(adversaries) > 1:
         raise IncompatibleError(adversaries[0].label, adversaries[1].label, "a run has at most one adversary")
-    for found in techniques.values():
-        for technique in found:
+    for family, found in techniques.items():
+        for position, technique in enumerate(found):
             technique.validate(composition)
+            plugins.manager.register(technique, name=f"{family}={technique.name}#{position}")
     return composition
 
 

@@ -3,7 +3,9 @@
 A technique is a class with a ``name``, a ``Config`` dataclass (its parameters, type-checked by Hydra) and the
 methods of its family. The pipeline builds one instance per selected technique, ``cls(config)``, and calls them in
 config order. ``validate`` runs before any heavy work and raises
-:class:`~tessera.core.errors.IncompatibleError` for a combination that cannot work.
+:class:`~tessera.core.errors.IncompatibleError` for a combination that cannot work. An instance may also implement
+lifecycle events (methods decorated with :data:`tessera.hookimpl`, e.g. ``tessera_step_end``): each selected
+instance is registered with the run's plugin manager, so it hears the events of its own run.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ class Adapter(Technique):
         """Write the adapter alone to ``directory`` if it has an unmerged form; return whether it wrote one."""
         return False
 
+    def learning_rate_scale(self, parameter_name: str) -> float:
+        """The factor on ``trainer.learning_rate`` for a trainable parameter (layer-wise decay); 1.0 by default.
+        The factors of all selected adapters multiply."""
+        return 1.0
+
 
 class Augmenter(Technique):
     """Maps training examples to training examples, deterministically from ``seed``."""
@@ -126,7 +133,12 @@ class KGRetriever(Technique):
 
     @abstractmethod
     def enrich(self, examples: list[dict], run: Run) -> list[dict]:
-        """Return the examples with knowledge injected."""
+        """Return the examples with knowledge injected (text injection happens here)."""
+
+    def attach(self, model, run: Run):
+        """Return the model with this retriever's knowledge attached (e.g. entity-embedding fusion); the default
+        leaves the model as it is. Called after the adapters are applied."""
+        return model
 
 
 class Aggregator(Technique):

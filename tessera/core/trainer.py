@@ -71,12 +71,15 @@ def resolve_device(trainer_cfg) -> tuple[str, str]:
     return device, {"fp32": "no"}.get(precision, precision)
 
 
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
+def _param_groups(model, learning_rate: float, weight_decay: float, adapters) -> list[dict]:
+    """Optimizer groups by (weight decay, learning rate): no decay on biases and norms; the adapters' scales."""
+    groups: dict[tuple[float, float], list] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decay = 0.0 if parameter.ndim < 2 or "norm" in name.lower() else weight_decay
+            scale = math.prod(adapter.learning_rate_scale(name) for adapter in adapters)
+            groups.setdefault((decay, learning_rate * scale), []).append(parameter)
+    return [{"params": params, "weight_decay": decay, "lr": lr} for (decay, lr), params in groups.items()]
 
 
 class Trainer:
@@ -95,7 +98,10 @@ class Trainer:
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        optimizer = torch.optim.AdamW(_param_groups(model, self.cfg.weight_decay), lr=self.cfg.learning_rate)
+        groups = _param_groups(
+            model, self.cfg.learning_rate, self.cfg.weight_decay, run.composition.selected("adapter")
+        )
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
         self.batches_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.gradient_accumulation_steps)
         total = self.cfg.max_steps or self.steps_per_epoch * self.cfg.epochs
