@@ -60,7 +60,7 @@ def execute(run: Run, splits: Splits) -> dict:
     from tessera.core.evaluate import classification_metrics, markdown_report, predict_probabilities, save_plots
     from tessera.core.export import export
     from tessera.core.models import load_model, load_tokenizer
-    from tessera.core.trainer import Trainer
+    from tessera.core.trainer import Trainer, planned_steps
 
     cfg, timings = run.cfg, {}
     _status(run, "running")
@@ -72,6 +72,7 @@ def execute(run: Run, splits: Splits) -> dict:
         with _stage("kg", timings):
             for retriever in run.composition.selected("kg"):
                 train, validation, test = (retriever.enrich(split, run) for split in (train, validation, test))
+        run.total_steps = planned_steps(cfg.trainer, len(train))  # known before the adapters (AdaLoRA needs it)
         with _stage("model", timings):
             tokenizer = load_tokenizer(cfg.model)
             model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)

@@ -71,6 +71,13 @@ def resolve_device(trainer_cfg) -> tuple[str, str]:
     return device, {"fp32": "no"}.get(precision, precision)
 
 
+def planned_steps(trainer_cfg, train_examples: int) -> int:
+    """The optimizer steps of a run: ``trainer.max_steps``, or epochs x steps per epoch."""
+    batches_per_epoch = math.ceil(train_examples / trainer_cfg.batch_size)
+    per_epoch = math.ceil(batches_per_epoch / trainer_cfg.gradient_accumulation_steps)
+    return trainer_cfg.max_steps or per_epoch * trainer_cfg.epochs
+
+
 def _param_groups(model, learning_rate: float, weight_decay: float, adapters) -> list[dict]:
     """Optimizer groups by (weight decay, learning rate): no decay on biases and norms; the adapters' scales."""
     groups: dict[tuple[float, float], list] = {}
@@ -102,10 +109,7 @@ class Trainer:
             model, self.cfg.learning_rate, self.cfg.weight_decay, run.composition.selected("adapter")
         )
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
-        self.batches_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.cfg.gradient_accumulation_steps)
-        total = self.cfg.max_steps or self.steps_per_epoch * self.cfg.epochs
-        run.total_steps = total
+        total = run.total_steps = planned_steps(self.cfg, len(train))
         scheduler = get_scheduler(
             {"constant": "constant_with_warmup"}.get(self.cfg.scheduler, self.cfg.scheduler),
             optimizer,
