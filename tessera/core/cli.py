@@ -155,6 +155,7 @@ def show_plugins(as_json: bool) -> int:
 DELEGATED_COMMANDS = {
     "train": ("compose techniques and train (Hydra overrides follow)", "tessera.core.cli:train"),
     "assets": ("fetch / verify / list the offline assets", "tessera.core.assets:main"),
+    "kg": ("knowledge graphs: info / load / query / embed", "tessera.graphs.cli:main"),
     "eval": ("evaluate a trained run, clean and under attack (attack=synonym,charnoise)", "tessera.robustness.cli:main"),
 }
 

@@ -89,6 +89,16 @@ def tessera_kg_retrievers():
 
 
 @hookspec
+def tessera_kg_loaders():
+    """Return the :class:`~tessera.graphs.loaders.GraphLoader` classes (knowledge-graph sources) this plugin provides.
+
+    Each class has a ``name``, the source name of ``tessera kg ... NAME[:ARGUMENT]`` and of the ``graph`` parameter
+    of the ``kg`` techniques, and a ``load()`` that returns a :class:`~tessera.graphs.store.KnowledgeGraph`.
+    A name may be registered by one plugin only. Called when a graph source is resolved, not at start-up.
+    """
+
+
+@hookspec
 def tessera_aggregators():
     """Return the :class:`~tessera.core.techniques.Aggregator` classes this plugin provides.
 
