@@ -156,6 +156,8 @@ DELEGATED_COMMANDS = {
     "train": ("compose techniques and train (Hydra overrides follow)", "tessera.core.cli:train"),
     "assets": ("fetch / verify / list the offline assets", "tessera.core.assets:main"),
     "kg": ("knowledge graphs: info / load / query / embed", "tessera.graphs.cli:main"),
+    "serve": ("serve a run's export through vLLM's OpenAI-compatible API", "tessera.serving.cli:serve"),
+    "predict": ("batch inference on a file through vLLM (or transformers)", "tessera.serving.cli:predict"),
     "eval": ("evaluate a trained run, clean and under attack (attack=synonym,charnoise)", "tessera.robustness.cli:main"),
 }
 

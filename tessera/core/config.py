@@ -80,14 +80,33 @@ class TrainerConfig:
 
 @dataclass
 class ServeConfig:
-    """How ``tessera serve`` starts vLLM on the export."""
+    """How ``tessera serve`` / ``tessera predict`` start vLLM on the export (see docs/serving.md)."""
 
     host: str = "127.0.0.1"
+    #: 0 picks a free port.
     port: int = 8000
+    #: Required as ``Authorization: Bearer <key>`` on every route but /health, /ping, /version and /metrics.
     api_key: Optional[str] = None
-    dtype: str = "bfloat16"
+    #: The served model name; null: ``<model.name>-<data.name>`` for a run, the directory name otherwise.
+    name: Optional[str] = None
+    #: null: float32 for classifiers (probabilities as in training), bfloat16 for generation (fastest on CPU).
+    dtype: Optional[str] = None
     max_model_len: Optional[int] = None
-    kv_cache_memory_bytes: int = 67108864
+    #: null: room for two sequences of ``max_model_len`` tokens, at least 64 MiB.
+    kv_cache_memory_bytes: Optional[int] = None
+    #: Most requests vLLM batches together; null keeps vLLM's default.
+    max_num_seqs: Optional[int] = None
+    #: Skip torch.compile: a server starts in seconds instead of minutes (see docs/benchmarks.md).
+    enforce_eager: bool = True
+    #: ``VLLM_CPU_OMP_THREADS_BIND`` for the CPU build (``auto``, ``nobind`` or CPU ids such as ``0-1``).
+    cpu_threads_bind: str = "auto"
+    #: Serve a decoder run's merged export even where vLLM could serve its LoRA adapters as named models.
+    merged: bool = False
+    #: Seconds to wait for the server to answer /health.
+    start_timeout: float = 600.0
+    #: Log every request (method, route, status, latency) on the server's output.
+    log_requests: bool = True
+    #: More ``vllm serve`` flags, passed as they are (``[--max-num-batched-tokens, "4096"]``).
     extra_args: list[str] = field(default_factory=list)
 
 

@@ -1,0 +1,105 @@
+"""``tessera serve`` and ``tessera predict``: their arguments, and the serving loop that stops cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from contextlib import contextmanager
+
+from tessera.core.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as ``ConfigError`` (one line, exit status 2 through the CLI)."""
+
+    def error(self, message):
+        raise ConfigError(f"{message}: see tessera {self.prog.split()[-1]} --help")
+
+
+def _overrides(args) -> list[str]:
+    flags = {"host": args.host, "port": args.port, "api_key": args.api_key, "name": args.name}
+    return [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.settings)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                        help="serve settings (dtype=float32, max_num_seqs=16...; see docs/serving.md)")
+    parser.add_argument("--name", help="served model name")
+
+
+@contextmanager
+def _sigterm_stops():
+    """Turn SIGTERM into KeyboardInterrupt while the block runs, so both stop the server the same way."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve(argv: list[str]) -> int:
+    """``tessera serve RUN_DIR|MODEL_DIR [--host H] [--port P] [--api-key K] [KEY=VALUE...]``."""
+    from tessera.serving.launcher import VllmServer
+    from tessera.serving.settings import load_settings
+    from tessera.serving.target import ROUTES, ServeError, resolve, run_config
+
+    parser = _Parser(prog="tessera serve", description="Serve a run's export through vLLM's OpenAI-compatible API.")
+    parser.add_argument("path", help="a run directory (outputs/<date>/<time>), its export/, or a model directory")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY'")
+    parser.add_argument("--verbose", action="store_true", help="show vLLM's own output")
+    _common(parser)
+    args = parser.parse_args(argv)
+    settings = load_settings(run_config(args.path), _overrides(args))
+    target = resolve(args.path, name=settings.name, merged=settings.merged)
+    print(f"tessera serve: starting vLLM on {target.model_dir} ({target.kind})", flush=True)
+    for note in target.notes:
+        print(f"tessera serve: {note}", flush=True)
+    server = VllmServer(target, settings, verbose=args.verbose, echo=lambda line: print(line, flush=True))
+    with _sigterm_stops():
+        try:
+            server.start()
+            print(f"tessera serve: ready at {server.url} models: {', '.join(server.models())} "
+                  f"({ROUTES[target.kind]}; GET /metrics); Ctrl-C stops", flush=True)
+            status = server.wait()
+            raise ServeError(f"vLLM stopped by itself (exit status {status}): run with --verbose to see why")
+        except KeyboardInterrupt:
+            print("tessera serve: stopping", flush=True)
+        finally:
+            server.stop()
+    print("tessera serve: stopped", flush=True)
+    return 0
+
+
+def predict(argv: list[str]) -> int:
+    """``tessera predict MODEL_OR_RUN_DIR FILE [--output OUT] [--engine auto|vllm|transformers] ...``."""
+    from pathlib import Path
+
+    from tessera.serving.predict import predict_file
+
+    parser = _Parser(prog="tessera predict",
+                     description="Batch inference on a file (.txt, .csv, .jsonl) through vLLM's offline API.")
+    parser.add_argument("path", help="a run directory, its export/, or a model directory")
+    parser.add_argument("file", type=Path, help="inputs: .txt (one per line), .csv or .jsonl (a text column)")
+    parser.add_argument("--output", type=Path, help="where to write (default: FILE's stem + .predictions.jsonl)")
+    parser.add_argument("--text-column", default="text", help="the input column of a .csv / .jsonl file")
+    parser.add_argument("--engine", choices=("auto", "vllm", "transformers"), default="auto",
+                        help="auto: vLLM when installed, else transformers")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per generation")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--chat", action="store_true", help="send each input as a user message (chat template)")
+    _common(parser)
+    args = parser.parse_args(argv)
+    overrides = ([f"name={args.name}"] if args.name else []) + list(args.settings)
+    output, engine, count = predict_file(
+        args.path, args.file, output=args.output, text_column=args.text_column, engine=args.engine,
+        max_tokens=args.max_tokens, temperature=args.temperature, chat=args.chat, overrides=overrides,
+    )
+    print(f"tessera predict: {count} predictions ({engine}) written to {output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,142 @@
+"""tessera's layer inside vLLM's HTTP server, added with vLLM's ``--middleware`` flag (a pure ASGI middleware).
+
+It sits in vLLM's own process, in front of every route, so the composition layer costs no extra network hop and
+streaming passes through untouched. It
+
+- logs every request (method, route, status, latency, running count) on the server's output and counts them in
+  vLLM's Prometheus registry (``tessera_requests_total``, ``tessera_request_duration_seconds`` on ``/metrics``);
+- checks the API key on every route but the open ones (vLLM's own check covers only ``/v1/...``, which would
+  leave ``/classify`` and ``/pooling`` open);
+- for a run with ``kg`` retrievers, enriches prompts and inputs before vLLM sees them
+  (:class:`~tessera.serving.knowledge.KnowledgeFront`).
+
+The launcher configures it through the environment: ``TESSERA_SERVE_API_KEY``, ``TESSERA_SERVE_RUN_DIR`` (set only
+when the run has ``kg`` retrievers) and ``TESSERA_SERVE_LOG_REQUESTS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+
+from tessera.serving.knowledge import ENRICHED_ROUTES
+from tessera.serving.launcher import LOG_PREFIX
+
+#: Routes that answer without an API key and are neither logged nor counted (probes and scrapes).
+OPEN_ROUTES = ("/health", "/ping", "/version", "/metrics", "/load")
+#: Routes counted under their own name in the metrics; anything else is counted as ``other``.
+NAMED_ROUTES = frozenset({
+    "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/embeddings", "/classify", "/pooling",
+    "/score", "/rerank", "/tokenize", "/detokenize",
+})
+
+
+@functools.cache
+def _metrics():
+    """tessera's Prometheus metrics, registered once in the default registry that vLLM's ``/metrics`` serves."""
+    from prometheus_client import Counter, Histogram
+
+    requests = Counter("tessera_requests", "Requests through tessera serve", ["method", "route", "status"])
+    latency = Histogram(
+        "tessera_request_duration_seconds", "Latency of requests through tessera serve, to the last byte",
+        ["route"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    )
+    return requests, latency
+
+
+class TesseraMiddleware:
+    """Request log and metrics, API-key check and knowledge enrichment in front of vLLM's routes."""
+
+    def __init__(self, app):
+        self.app = app
+        key = os.environ.get("TESSERA_SERVE_API_KEY")
+        self.key_digest = hashlib.sha256(key.encode()).digest() if key else None
+        self.log_requests = os.environ.get("TESSERA_SERVE_LOG_REQUESTS", "1") == "1"
+        self.count = 0
+        run_dir = os.environ.get("TESSERA_SERVE_RUN_DIR")
+        self.knowledge = None
+        if run_dir:
+            from tessera.serving.knowledge import KnowledgeFront
+
+            self.knowledge = KnowledgeFront.from_run_dir(run_dir)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith(OPEN_ROUTES) or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.key_digest is not None and not self._authorized(scope):
+                return await self._reply(watch, 401, {"error": "Unauthorized: send Authorization: Bearer <api key>"})
+            if self.knowledge is not None and scope["method"] == "POST" and scope["path"] in ENRICHED_ROUTES:
+                scope, receive = await self._enriched(scope, receive)
+            await self.app(scope, receive, watch)
+        finally:
+            self._record(scope, status[0], time.perf_counter() - started)
+
+    def _authorized(self, scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            hashlib.sha256(token.encode()).digest(), self.key_digest
+        )
+
+    async def _enriched(self, scope, receive):
+        """The request with its body rewritten by the knowledge front (unparsable bodies pass unchanged)."""
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return scope, _replay([message], receive)
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            payload = None
+        if isinstance(payload, dict):
+            rewritten = await asyncio.to_thread(self.knowledge.rewrite, scope["path"], payload)
+            body = json.dumps(rewritten).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        return {**scope, "headers": headers}, _replay([{"type": "http.request", "body": body}], receive)
+
+    def _record(self, scope, status: int, seconds: float) -> None:
+        self.count += 1
+        route = scope["path"] if scope["path"] in NAMED_ROUTES else "other"
+        requests, latency = _metrics()
+        requests.labels(scope["method"], route, str(status)).inc()
+        latency.labels(route).observe(seconds)
+        if self.log_requests:
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{LOG_PREFIX}{stamp} {scope['method']} {scope['path']} {status} {seconds * 1000:.1f} ms "
+                  f"(request {self.count})", file=sys.stdout, flush=True)
+
+    @staticmethod
+    async def _reply(send, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list[dict], receive):
+    """A ``receive`` that returns ``messages`` first, then whatever the client sends next (a disconnect)."""
+    pending = list(messages)
+
+    async def replay():
+        return pending.pop(0) if pending else await receive()
+
+    return replay

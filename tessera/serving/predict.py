@@ -1,0 +1,176 @@
+"""``tessera predict``: batch inference on a file, through vLLM's offline API or, without vLLM, transformers.
+
+Inputs are a ``.txt`` file (one text per line) or a ``.csv`` / ``.jsonl`` file with a text column. The
+predictions go next to the input as JSON Lines, written atomically: ``{"text", "label", "probabilities"}`` per
+row for a classifier, ``{"prompt", "completion"}`` for a causal LM. A run is predicted with its merged export, its
+inputs enriched by its ``kg`` retrievers as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tessera.core.errors import DataError
+from tessera.core.files import write_text
+from tessera.serving.target import ServeError, ServeTarget
+
+
+def read_texts(path: Path, text_column: str) -> list[str]:
+    """The input texts of ``path``: ``.txt`` lines, or the ``text_column`` of a ``.csv`` / ``.jsonl`` file."""
+    from tessera.core.data import _examples
+
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        if not path.is_file():
+            raise DataError(f"input file {path} does not exist: pass an existing .txt, .csv or .jsonl file")
+        texts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    elif suffix in (".csv", ".jsonl"):
+        texts = [text for text, _ in _examples(path, suffix[1:], text_column, None)]
+    else:
+        raise DataError(f"cannot read {path}: give a .txt (one text per line), .csv or .jsonl file")
+    if not texts:
+        raise DataError(f"{path} holds no texts: add one per line (or rows with a '{text_column}' column)")
+    return texts
+
+
+def _truncation(target: ServeTarget) -> int | None:
+    """A classifier's inputs are cut as in training (``data.max_length``) when the run says how."""
+    if target.kind == "classify" and target.run_cfg is not None:
+        return target.run_cfg.data.get("max_length")
+    return None
+
+
+def _vllm_results(target: ServeTarget, settings, texts: list[str], options: dict) -> list:
+    from tessera.serving.launcher import engine_arguments, error_line, scratch_directory, vllm_environment
+
+    scratch = scratch_directory("tessera-predict-")
+    try:
+        engine = {**engine_arguments(target, settings), "seed": 0}
+        length = _truncation(target)
+        spec = {
+            "engine": engine, "kind": target.kind, "texts": texts, "result": str(scratch / "result.json"),
+            "adapter": next(([name, str(path)] for name, path in target.adapters.items()), None),
+            "tokenization": {"truncation": True, "max_length": length} if length else None, **options,
+        }
+        (scratch / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tessera.serving.offline", str(scratch / "spec.json")],
+            env=vllm_environment(scratch, settings), cwd=scratch, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            output, _ = process.communicate()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process.returncode != 0:
+            lines = output.decode("utf-8", "replace").splitlines()
+            raise ServeError(f"vLLM failed on {target.model_dir}: {error_line(lines)} (or use --engine transformers)")
+        return json.loads((scratch / "result.json").read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _transformers_results(target: ServeTarget, settings, texts: list[str], options: dict) -> list:
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    from tessera.serving.settings import dtype_for
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    dtype = getattr(torch, dtype_for(settings, target.kind))
+    tokenizer = AutoTokenizer.from_pretrained(target.model_dir)
+    auto = transformers.AutoModelForSequenceClassification if target.kind == "classify" else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(target.model_dir, dtype=dtype)
+    for path in target.adapters.values():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path)
+    model.eval()
+    results = []
+    with torch.inference_mode():
+        if target.kind == "classify":
+            length = _truncation(target)
+            for start in range(0, len(texts), 32):
+                batch = tokenizer(texts[start:start + 32], truncation=True, max_length=length, padding=True,
+                                  return_tensors="pt")
+                results += torch.softmax(model(**batch).logits.float(), dim=-1).tolist()
+            return results
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        prompts = texts
+        if options["chat"]:
+            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                     add_generation_prompt=True) for text in texts]
+        sampling = {"do_sample": True, "temperature": options["temperature"]} if options["temperature"] > 0 else {
+            "do_sample": False}
+        torch.manual_seed(0)
+        for start in range(0, len(prompts), 8):
+            batch = tokenizer(prompts[start:start + 8], padding=True, return_tensors="pt",
+                              add_special_tokens=not options["chat"])
+            generated = model.generate(**batch, max_new_tokens=options["max_tokens"], pad_token_id=tokenizer.pad_token_id,
+                                       **sampling)
+            results += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return results
+
+
+def choose_engine(engine: str) -> str:
+    """``vllm`` or ``transformers``: ``auto`` takes vLLM when it is installed."""
+    import importlib.util
+
+    if engine == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    if engine == "vllm":
+        from tessera.serving.launcher import ensure_vllm
+
+        ensure_vllm()
+    return engine
+
+
+def _rows(target: ServeTarget, texts: list[str], inputs: list[str], results: list) -> list[dict]:
+    if target.kind == "classify":
+        config = json.loads((target.model_dir / "config.json").read_text(encoding="utf-8"))
+        names = [config.get("id2label", {}).get(str(i), f"LABEL_{i}") for i in range(len(results[0]))]
+        rows = [{"text": text, "label": names[max(range(len(p)), key=p.__getitem__)],
+                 "probabilities": dict(zip(names, p))} for text, p in zip(texts, results)]
+    else:
+        rows = [{"prompt": text, "completion": completion} for text, completion in zip(texts, results)]
+    if inputs != texts:
+        for row, model_input in zip(rows, inputs):
+            row["model_input"] = model_input
+    return rows
+
+
+def predict_file(path, file: Path, output: Path | None = None, text_column: str = "text", engine: str = "auto",
+                 max_tokens: int = 64, temperature: float = 0.0, chat: bool = False,
+                 overrides: list[str] = ()) -> tuple[Path, str, int]:
+    """Predict every text of ``file`` with the model of ``path``; ``(output file, engine used, count)``."""
+    from tessera.serving.settings import load_settings
+    from tessera.serving.target import resolve, run_config
+
+    settings = load_settings(run_config(path), overrides)
+    target = resolve(path, name=settings.name, merged=True)
+    file = Path(file)
+    texts = read_texts(file, text_column)
+    inputs = texts
+    if target.has_knowledge:
+        from tessera.serving.knowledge import KnowledgeFront
+
+        inputs = KnowledgeFront.from_run_dir(target.run_dir).enrich(texts)
+    engine = choose_engine(engine)
+    options = {"max_tokens": max_tokens, "temperature": temperature, "chat": chat}
+    produce = _vllm_results if engine == "vllm" else _transformers_results
+    rows = _rows(target, texts, inputs, produce(target, settings, inputs, options))
+    output = output or file.with_name(f"{file.stem}.predictions.jsonl")
+    write_text(output, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return output, engine, len(rows)

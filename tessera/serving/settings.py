@@ -1,0 +1,60 @@
+"""The settings of one ``tessera serve`` / ``tessera predict``: the ``serve`` config group of the run (or its
+defaults for a plain model directory) with the command line's ``KEY=VALUE`` overrides on top."""
+
+from __future__ import annotations
+
+from tessera.core.config import ServeConfig
+from tessera.core.errors import ConfigError
+
+#: Bytes of KV cache vLLM gets at least (its CPU default asks for most of the machine's memory).
+MIN_KV_CACHE_BYTES = 64 * 2**20
+
+
+def load_settings(run_cfg=None, overrides: list[str] = ()) -> ServeConfig:
+    """``ServeConfig`` from the run's ``serve`` group (when serving a run) and ``overrides`` (``KEY=VALUE``)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    merged = OmegaConf.structured(ServeConfig)
+    valid = ", ".join(sorted(merged.keys()))
+    if run_cfg is not None and run_cfg.get("serve"):
+        known = {key: value for key, value in run_cfg.serve.items() if key in merged}
+        merged = OmegaConf.merge(merged, known)
+    for override in overrides:
+        key, equals, _ = override.removeprefix("serve.").partition("=")
+        if not equals or key not in merged:
+            raise ConfigError(f"unknown serve setting '{override}': write KEY=VALUE with KEY one of {valid}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override.removeprefix("serve.")]))
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"invalid value in '{override}': {str(error).splitlines()[0]}") from None
+    return OmegaConf.to_object(merged)
+
+
+def dtype_for(settings: ServeConfig, kind: str) -> str:
+    """vLLM's ``--dtype``: the setting, or float32 for classifiers and bfloat16 for generation."""
+    return settings.dtype or ("float32" if kind == "classify" else "bfloat16")
+
+
+def max_model_len(settings: ServeConfig, model_dir) -> int | None:
+    """The context length to serve: the setting, else the model's own (``max_position_embeddings``)."""
+    import json
+
+    if settings.max_model_len:
+        return settings.max_model_len
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return config.get("max_position_embeddings")
+
+
+def kv_cache_bytes(settings: ServeConfig, model_dir, dtype: str) -> int:
+    """The KV cache to give vLLM: the setting, else room for two full-length sequences, at least 64 MiB."""
+    import json
+
+    if settings.kv_cache_memory_bytes:
+        return settings.kv_cache_memory_bytes
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    per_token = 2 * config.get("num_hidden_layers", 1) * config.get("num_key_value_heads", heads) * head_dim
+    element = 4 if dtype in ("float32", "float") else 2
+    return max(MIN_KV_CACHE_BYTES, 2 * per_token * element * (max_model_len(settings, model_dir) or 0))
