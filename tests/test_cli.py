@@ -9,8 +9,8 @@ from conftest import tessera
     [
         (["data=csv", "data.path=/nonexistent/reviews.csv"], {}, "does not exist: set data.path"),
         (["trainer.epochss=2"], {}, "did you mean trainer.epochs?"),
-        (["adapter=lorra"], {}, "unknown adapter 'lorra': choose one of lora, none"),
-        ([], {"TESSERA_HOME": "{tmp}/empty-home"}, "is not fetched: run `tessera assets fetch movie_reviews`"),
+        (["adapter=lorra"], {}, "unknown adapter 'lorra': choose one of adalora, dora, freeze,"),
+        ([], {"TESSERA_HOME": "{tmp}/empty-home"}, "is not fetched: run `tessera assets fetch "),
     ],
     ids=["missing-data-file", "config-typo", "unknown-technique", "asset-not-fetched"],
 )

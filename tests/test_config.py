@@ -14,7 +14,7 @@ def hydra_store():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["adapter=lorax"], "unknown adapter 'lorax': choose one of lora, none"),
+        (["adapter=lorax"], "unknown adapter 'lorax': choose one of adalora, dora, freeze, gradual_unfreeze, ia3, "),
         (["model=bert-huge"], "unknown model 'bert-huge': choose one of minilm, smollm2, tiny"),
         (["trainer.epoch=2"], "unknown parameter 'trainer.epoch' (did you mean trainer.epochs?)"),
         (["adapter.lora.rank=4"], "valid keys of adapter.lora are alpha, bias, dropout, modules_to_save, r,"),

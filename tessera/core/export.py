@@ -4,13 +4,16 @@ each adapter's unmerged form under ``adapters/<name>/`` where it has one."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from tessera.core.files import atomic_directory
 from tessera.core.run import Run
 
+log = logging.getLogger("tessera")
 
-def model_card(run: Run, metrics: dict, base: str, unmerged: list[str]) -> str:
+
+def model_card(run: Run, metrics: dict, base: str, unmerged: list[str], notes: list[str] = ()) -> str:
     """The ``README.md`` of the export: front matter for the Hub, the composition and the test metrics."""
     composition = run.composition.describe()
     lines = [
@@ -44,6 +47,8 @@ def model_card(run: Run, metrics: dict, base: str, unmerged: list[str]) -> str:
     ]
     if unmerged:
         lines += ["", f"Unmerged adapters (PEFT directories): {', '.join(f'adapters/{n}' for n in unmerged)}."]
+    if notes:
+        lines += ["", "## Adapters", "", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -52,12 +57,17 @@ def export(run: Run, model, tokenizer, metrics: dict, base: str) -> Path:
     target = run.dir / "export"
     with atomic_directory(target) as partial:
         unmerged = []
+        notes = []
         for adapter in reversed(run.composition.selected("adapter")):
             if adapter.save_unmerged(model, partial / "adapters" / adapter.name):
                 unmerged.append(adapter.name)
+            note = adapter.export_note(model)
+            if note:
+                log.info("export: %s", note)
+                notes.append(note)
             model = adapter.merge(model)
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
-        (partial / "README.md").write_text(model_card(run, metrics, base, unmerged), encoding="utf-8")
+        (partial / "README.md").write_text(model_card(run, metrics, base, unmerged, notes), encoding="utf-8")
     run.emit("export", export_dir=target)
     return target

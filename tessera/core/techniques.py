@@ -80,6 +80,11 @@ class Adapter(Technique):
         """Write the adapter alone to ``directory`` if it has an unmerged form; return whether it wrote one."""
         return False
 
+    def export_note(self, model) -> str | None:
+        """One line for the export's log and model card about this adapter (e.g. why vLLM cannot serve its unmerged
+        form, so the merged model is the one to serve), or None. Called with the trained model before :meth:`merge`."""
+        return None
+
     def learning_rate_scale(self, parameter_name: str) -> float:
         """The factor on ``trainer.learning_rate`` for a trainable parameter (layer-wise decay); 1.0 by default.
         The factors of all selected adapters multiply."""
