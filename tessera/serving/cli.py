@@ -55,7 +55,7 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY'")
     parser.add_argument("--verbose", action="store_true", help="show vLLM's own output")
     _common(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     settings = load_settings(run_config(args.path), _overrides(args))
     target = resolve(args.path, name=settings.name, merged=settings.merged)
     print(f"tessera serve: starting vLLM on {target.model_dir} ({target.kind})", flush=True)
@@ -95,7 +95,7 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--chat", action="store_true", help="send each input as a user message (chat template)")
     _common(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = ([f"name={args.name}"] if args.name else []) + list(args.settings)
     output, engine, count = predict_file(
         args.path, args.file, output=args.output, text_column=args.text_column, engine=args.engine,

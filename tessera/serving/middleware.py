@@ -65,6 +65,7 @@ class TesseraMiddleware:
             from tessera.serving.knowledge import KnowledgeFront
 
             self.knowledge = KnowledgeFront.from_run_dir(run_dir)
+            self.knowledge.enrich(["warm up the graph before the first request"])
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].startswith(OPEN_ROUTES) or scope["method"] == "OPTIONS":

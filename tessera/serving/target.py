@@ -165,11 +165,32 @@ def _last_stage(run_dir: Path, cfg) -> Path | None:
     return next((stage for stage in reversed(stages) if (stage / "export" / "config.json").is_file()), None)
 
 
+def _knowledge_notes(cfg) -> tuple[str, ...]:
+    """What serving does with the run's ``kg`` retrievers: their text enrichment is repeated on every input; a
+    change to the model itself (``attach``, such as entity fusion) is not in the export vLLM serves."""
+    from tessera.core.plugins import get_plugins
+    from tessera.core.techniques import KGRetriever
+
+    notes = []
+    for name in cfg.get("kg") or {}:
+        if get_plugins().registry.get("kg", name).cls.attach is not KGRetriever.attach:
+            notes.append(f"kg={name} changes the model at run time, which vLLM does not serve: predictions differ "
+                         "from the run's test metrics (see the export's README)")
+        else:
+            notes.append(f"kg={name} enriches every input before vLLM sees it, as in training")
+    return tuple(notes)
+
+
 def _from_run(run_dir: Path, name: str | None, merged: bool) -> ServeTarget:
+    target = _from_run_export(run_dir, name, merged)
+    return dataclasses.replace(target, notes=(*target.notes, *_knowledge_notes(target.run_cfg)))
+
+
+def _from_run_export(run_dir: Path, name: str | None, merged: bool) -> ServeTarget:
     cfg = run_config(run_dir)
     stage = None if (run_dir / "export").is_dir() else _last_stage(run_dir, cfg)
     if stage is not None:
-        target = _from_run(stage, name, merged)
+        target = _from_run_export(stage, name, merged)
         note = f"serving the last stage, {stage.name} (serve {stage} for another)"
         return dataclasses.replace(target, notes=(note, *target.notes))
     export = run_dir / "export"
