@@ -20,7 +20,8 @@ def write_csv(path, rows, header="text,label"):
 
 
 def test_movie_reviews_split_is_fixed_disjoint_and_complete():
-    cfg = data_cfg(name="movie_reviews", format="movie_reviews", labels=["negative", "positive"])
+    cfg = data_cfg(name="movie_reviews", format="csv", path="asset:movie_reviews/sentence_polarity.csv",
+                   labels=["negative", "positive"])
     splits, again = load_splits(cfg), load_splits(cfg)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (3000, 200, 800)
     assert splits.labels == ["negative", "positive"]
@@ -28,6 +29,13 @@ def test_movie_reviews_split_is_fixed_disjoint_and_complete():
     texts = [{e["text"] for e in split} for split in (splits.train, splits.validation, splits.test)]
     assert not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     assert 0.45 < sum(e["label"] for e in splits.test) / 800 < 0.55
+    assert {e["label_text"] for e in splits.test} == {"negative", "positive"}
+
+
+def test_unlabelled_reading_needs_no_label_column(tmp_path):
+    path = write_csv(tmp_path / "docs.csv", [f'"document {i} . it goes on ."' for i in range(20)], header="text")
+    splits = load_splits(data_cfg(name="csv", format="csv", path=str(path)), labelled=False)
+    assert splits.labels == [] and set(splits.train[0]) == {"text"}
 
 
 def test_csv_with_configured_columns_and_inferred_labels(tmp_path):

@@ -1,44 +1,36 @@
-"""Tokenize once, then batch with dynamic padding; the batch order is a pure function of (seed, epoch)."""
+"""Batches from training items with dynamic padding; the batch order is a pure function of (seed, epoch).
+
+An item is a dict built by an objective: token-id lists (``input_ids``, ``token_type_ids``, token-level targets
+such as ``lm_labels``) and scalar targets (``labels``, ``next_sentence_label``).
+"""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+#: The keys of a batch that are model inputs; every other key is a target for the objectives.
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Padding value of token-level lists other than ``input_ids`` (targets are ignored there).
+_PAD_VALUES = {"token_type_ids": 0, "attention_mask": 0}
+IGNORE_INDEX = -100
 
 
-@dataclass
-class TokenizedSplit:
-    """Token ids (unpadded, truncated) and class labels of one split."""
-
-    input_ids: list[list[int]]
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def tokenize(examples: list[dict], tokenizer, max_length: int) -> TokenizedSplit:
-    """Tokenize the texts of ``examples`` without padding."""
-    encoded = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length)
-    return TokenizedSplit(encoded["input_ids"], [e["label"] for e in examples])
-
-
-def batch_order(split: TokenizedSplit, batch_size: int, seed: int, epoch: int, group_by_length: bool):
-    """The batches (lists of example indices) of one epoch: shuffled from ``seed`` and ``epoch``.
+def batch_order(items: list[dict], batch_size: int, seed: int, epoch: int, group_by_length: bool):
+    """The batches (lists of item indices) of one epoch: shuffled from ``seed`` and ``epoch``.
 
     With ``group_by_length``, indices are sorted by length inside chunks of 50 batches (as the Hugging Face
     ``LengthGroupedSampler`` does) and the batches are shuffled again, so padding shrinks but every epoch still sees
-    each example once in a random order.
+    each item once in a random order.
     """
     rng = random.Random(seed * 100_003 + epoch)
-    order = list(range(len(split)))
+    order = list(range(len(items)))
     rng.shuffle(order)
     if group_by_length:
         chunk = 50 * batch_size
         order = [
             index
             for start in range(0, len(order), chunk)
-            for index in sorted(order[start : start + chunk], key=lambda i: -len(split.input_ids[i]))
+            for index in sorted(order[start : start + chunk], key=lambda i: -len(items[i]["input_ids"]))
         ]
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if group_by_length:
@@ -46,25 +38,40 @@ def batch_order(split: TokenizedSplit, batch_size: int, seed: int, epoch: int, g
     return batches
 
 
-def sequential_batches(split: TokenizedSplit, batch_size: int):
-    """Batches in data order (for evaluation)."""
-    return [list(range(start, min(start + batch_size, len(split)))) for start in range(0, len(split), batch_size)]
+def sequential_batches(items: list[dict], batch_size: int):
+    """Batches in item order (for evaluation)."""
+    return [list(range(start, min(start + batch_size, len(items)))) for start in range(0, len(items), batch_size)]
 
 
-def collate(split: TokenizedSplit, indices: list[int], pad_id: int, device=None) -> dict:
-    """A batch of tensors: ``input_ids`` and ``attention_mask`` padded to the longest example, and ``labels``."""
+def _span(length: int, width: int, padding_side: str) -> slice:
+    return slice(width - length, width) if padding_side == "left" else slice(0, length)
+
+
+def collate(items: list[dict], indices: list[int], pad_id: int, device=None, padding_side: str = "right") -> dict:
+    """A batch of tensors: token-level lists padded to the longest item (``input_ids`` with ``pad_id``, targets with
+    -100), an ``attention_mask``, and scalar targets as tensors."""
     import torch
 
-    rows = [split.input_ids[i] for i in indices]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    rows = [items[i] for i in indices]
+    width = max(len(row["input_ids"]) for row in rows)
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        if not isinstance(values[0], list):
+            batch[key] = torch.tensor(values)
+            continue
+        fill = pad_id if key == "input_ids" else _PAD_VALUES.get(key, IGNORE_INDEX)
+        tensor = torch.full((len(rows), width), fill, dtype=torch.long)
+        for row_index, value in enumerate(values):
+            tensor[row_index, _span(len(value), width, padding_side)] = torch.tensor(value, dtype=torch.long)
+        batch[key] = tensor
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
     for row_index, row in enumerate(rows):
-        input_ids[row_index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[row_index, : len(row)] = 1
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": torch.tensor([split.labels[i] for i in indices], dtype=torch.long),
-    }
+        mask[row_index, _span(len(row["input_ids"]), width, padding_side)] = 1
+    batch["attention_mask"] = mask
     return {key: value.to(device) for key, value in batch.items()} if device is not None else batch
+
+
+def model_inputs(batch: dict) -> dict:
+    """The part of ``batch`` the model's forward takes."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}

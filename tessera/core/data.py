@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tessera.core.errors import DataError
 
-#: One example: ``{"text": str, "label": int}`` (the index of its label in :attr:`Splits.labels`).
+#: One example: ``{"text": str, "label": int, "label_text": str}`` (``label`` indexes :attr:`Splits.labels`);
+#: unlabelled data has only ``text``.
 Example = dict
 
 
@@ -51,13 +52,14 @@ def _read_rows(path: Path, fmt: str) -> list[dict]:
         raise DataError(f"{path} is not a readable UTF-8 CSV file ({error}): save it as UTF-8 CSV") from None
 
 
-def _examples(path: Path, fmt: str, text_column: str, label_column: str) -> list[tuple[str, str]]:
-    """``(text, raw label)`` pairs of a file, with its columns and texts checked."""
+def _examples(path: Path, fmt: str, text_column: str, label_column: str | None) -> list[tuple[str, str | None]]:
+    """``(text, raw label)`` pairs of a file (label ``None`` when ``label_column`` is), columns and texts checked."""
     rows = _read_rows(path, fmt)
     if not rows:
-        raise DataError(f"{path} holds no examples: add rows with '{text_column}' and '{label_column}'")
+        raise DataError(f"{path} holds no examples: add rows with a '{text_column}' column")
     columns = list(rows[0])
-    for column, key in ((text_column, "data.text_column"), (label_column, "data.label_column")):
+    wanted = [(text_column, "data.text_column")] + ([(label_column, "data.label_column")] if label_column else [])
+    for column, key in wanted:
         if column not in columns:
             raise DataError(
                 f"{path} has no column '{column}' (it has {', '.join(map(str, columns))}): set {key} to one of them"
@@ -68,41 +70,51 @@ def _examples(path: Path, fmt: str, text_column: str, label_column: str) -> list
         if text is None or not str(text).strip():
             where = f"row {number}" if fmt == "csv" else f"object {number}"
             raise DataError(f"{path} {where} has an empty text: fill it in or remove the row")
+        if label_column is None:
+            pairs.append((str(text).strip(), None))
+            continue
         if label is None or str(label).strip() == "":
             raise DataError(f"{path} row {number} has no label in '{label_column}': label it or remove the row")
         pairs.append((str(text).strip(), str(label).strip()))
     return pairs
 
 
-def _encode(pairs: list[tuple[str, str]], labels: list[str], path: Path) -> list[Example]:
+def _encode(pairs: list[tuple[str, str | None]], labels: list[str], path: Path) -> list[Example]:
+    if not labels:
+        return [{"text": text} for text, _ in pairs]
     index = {label: i for i, label in enumerate(labels)}
     outside = sorted({label for _, label in pairs if label not in index})
     if outside:
         raise DataError(
             f"{path} has labels {outside[:5]} outside the label set {labels}: fix the rows or set data.labels"
         )
-    return [{"text": text, "label": index[label]} for text, label in pairs]
+    return [{"text": text, "label": index[label], "label_text": label} for text, label in pairs]
 
 
-def _source(data_cfg) -> tuple[Path, str, str, str]:
-    """The file, format and columns the config points at (the packaged asset for ``movie_reviews``)."""
-    if data_cfg.format == "movie_reviews":
+def resolve_path(value: str) -> Path:
+    """A data path: ``asset:NAME/FILE`` is a file of a packaged offline asset, anything else a local path."""
+    if value.startswith("asset:"):
         from tessera.core.assets import asset_path
 
-        return asset_path("movie_reviews") / "sentence_polarity.csv", "csv", "text", "label"
+        name, _, relative = value.removeprefix("asset:").partition("/")
+        return asset_path(name) / relative
+    return Path(value).expanduser()
+
+
+def load_splits(data_cfg, labelled: bool = True) -> Splits:
+    """Read, check and split the data the config names (fixed split from ``data.split_seed``).
+
+    ``labelled=False`` (objectives that need no labels, such as MLM) reads only the text column.
+    """
     if data_cfg.format not in ("csv", "jsonl"):
-        raise DataError(f"unknown data.format '{data_cfg.format}': choose movie_reviews, csv or jsonl")
+        raise DataError(f"unknown data.format '{data_cfg.format}': choose csv or jsonl")
     if not data_cfg.path:
         raise DataError(f"data={data_cfg.name} needs a file: add data.path=/path/to/your.{data_cfg.format}")
-    return Path(data_cfg.path).expanduser(), data_cfg.format, data_cfg.text_column, data_cfg.label_column
-
-
-def load_splits(data_cfg) -> Splits:
-    """Read, check and split the data the config names (fixed split from ``data.split_seed``)."""
-    path, fmt, text_column, label_column = _source(data_cfg)
+    path, fmt, text_column = resolve_path(data_cfg.path), data_cfg.format, data_cfg.text_column
+    label_column = data_cfg.label_column if labelled else None
     pairs = _examples(path, fmt, text_column, label_column)
-    labels = list(data_cfg.labels) or sorted({label for _, label in pairs})
-    if len(labels) < 2:
+    labels = (list(data_cfg.labels) or sorted({label for _, label in pairs})) if labelled else []
+    if labelled and len(labels) < 2:
         raise DataError(f"{path} has a single label {labels}: a classifier needs at least two")
     examples = _encode(pairs, labels, path)
     random.Random(data_cfg.split_seed).shuffle(examples)
@@ -110,7 +122,7 @@ def load_splits(data_cfg) -> Splits:
     for split in ("validation", "test"):
         split_path = data_cfg.get(f"{split}_path")
         if split_path:
-            split_file = Path(split_path).expanduser()
+            split_file = resolve_path(split_path)
             extra[split] = _encode(_examples(split_file, fmt, text_column, label_column), labels, split_file)
     n = len(examples)
     n_test = 0 if "test" in extra else round(n * data_cfg.test_fraction)

@@ -4,22 +4,73 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tessera.core.batching import TokenizedSplit, collate, sequential_batches
+import math
+
+from tessera.core.batching import collate, model_inputs, sequential_batches
+
+#: Tasks whose loss is a per-token cross-entropy, reported with its perplexity.
+LANGUAGE_MODEL_TASKS = ("masked-lm", "causal-lm")
 
 
-def predict_probabilities(model, split: TokenizedSplit, batch_size: int, pad_id: int, device):
-    """Class probabilities (a float64 numpy array, one row per example) of ``model`` on ``split``."""
+def model_device(model):
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+def eval_batches(run, model, tokenizer, items: list[dict]):
+    """Collated batches of ``items`` on the model's device, in order (evaluation batch size of the run)."""
+    device = model_device(model)
+    for indices in sequential_batches(items, run.cfg.trainer.eval_batch_size):
+        yield indices, collate(items, indices, tokenizer.pad_token_id, device)
+
+
+def predict_probabilities(run, model, tokenizer, items: list[dict]):
+    """Class probabilities (a float64 numpy array, one row per item) of a sequence classifier."""
     import torch
 
     model.eval()
     chunks = []
     with torch.inference_mode():
-        for indices in sequential_batches(split, batch_size):
-            batch = collate(split, indices, pad_id, device)
-            batch.pop("labels")
-            logits = model(**batch).logits.float()
+        for _, batch in eval_batches(run, model, tokenizer, items):
+            logits = model(**model_inputs(batch)).logits.float()
             chunks.append(torch.softmax(logits, dim=-1).double().cpu())
     return torch.cat(chunks).numpy()
+
+
+def evaluation_passes(run, objective, model, tokenizer, examples: list[dict]):
+    """``(batch, outputs)`` over the objective's items of ``examples``, without gradients; the objective's
+    transform is seeded per batch, so the passes repeat exactly."""
+    import torch
+
+    items = objective.items(examples, tokenizer, run.cfg.data.max_length, run.cfg.trainer.seed)
+    model.eval()
+    with torch.inference_mode():
+        for position, (_, batch) in enumerate(eval_batches(run, model, tokenizer, items)):
+            batch = objective.transform(batch, tokenizer, torch.Generator().manual_seed(position))
+            yield batch, model(**model_inputs(batch))
+
+
+def mean_loss(run, objective, model, tokenizer, examples: list[dict]) -> float:
+    """The objective's mean loss over the batches of ``examples``."""
+    losses = [objective.loss(outputs, batch).item() for batch, outputs in
+              evaluation_passes(run, objective, model, tokenizer, examples)]
+    return sum(losses) / max(len(losses), 1)
+
+
+def evaluate_objectives(run, model, tokenizer, examples: list[dict], split: str) -> dict:
+    """The metrics of every objective of the run on ``examples``; with several objectives each metric is
+    prefixed by the objective's name (``mlm_loss``, ``nsp_accuracy``)."""
+    objectives = run.composition.selected("objective")
+    metrics = {}
+    for objective in objectives:
+        found = objective.evaluate(run, model, tokenizer, examples, split)
+        if "loss" not in found:
+            found = {"loss": mean_loss(run, objective, model, tokenizer, examples), **found}
+        if objective.task in LANGUAGE_MODEL_TASKS:
+            found["perplexity"] = math.exp(min(found["loss"], 50.0))
+        prefix = f"{objective.name}_" if len(objectives) > 1 else ""
+        metrics.update({prefix + key: value for key, value in found.items()})
+    return metrics
 
 
 def classification_metrics(labels: list[int], probabilities, label_names: list[str]) -> dict:
@@ -95,9 +146,11 @@ def markdown_report(composition: dict, metrics: dict, timings: dict) -> str:
     lines = ["# tessera run report", "", "## Composition", ""]
     lines += [f"- **{family}**: {', '.join(names)}" for family, names in composition.items()]
     lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
-    for key in ("accuracy", "macro_f1", "precision", "recall", "roc_auc", "examples"):
-        value = metrics.get(key)
-        lines.append(f"| {key} | {'n/a' if value is None else (f'{value:.4f}' if isinstance(value, float) else value)} |")
-    lines += ["", "![confusion matrix](confusion_matrix.png) ![ROC curve](roc_curve.png)", "", "## Time", ""]
+    for key, value in metrics.items():
+        if value is None or isinstance(value, (int, float)):
+            lines.append(f"| {key} | {'n/a' if value is None else (f'{value:.4f}' if isinstance(value, float) else value)} |")
+    if "confusion_matrix" in metrics:
+        lines += ["", "![confusion matrix](confusion_matrix.png) ![ROC curve](roc_curve.png)"]
+    lines += ["", "## Time", ""]
     lines += [f"- {stage}: {seconds:.1f} s" for stage, seconds in timings.items()]
     return "\n".join(lines) + "\n"

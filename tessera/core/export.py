@@ -8,24 +8,36 @@ import logging
 from pathlib import Path
 
 from tessera.core.files import atomic_directory
+from tessera.core.models import AUTO_CLASSES
 from tessera.core.run import Run
 
 log = logging.getLogger("tessera")
 
 
+#: The Hugging Face pipeline tag of each task.
+PIPELINE_TAGS = {
+    "sequence-classification": "text-classification",
+    "masked-lm": "fill-mask",
+    "pretraining": "fill-mask",
+    "next-sentence": "feature-extraction",
+    "causal-lm": "text-generation",
+}
+
+
 def model_card(run: Run, metrics: dict, base: str, unmerged: list[str], notes: list[str] = ()) -> str:
     """The ``README.md`` of the export: front matter for the Hub, the composition and the test metrics."""
     composition = run.composition.describe()
+    labels = run.state.get("labels") or []
     lines = [
         "---",
         "library_name: transformers",
-        "pipeline_tag: text-classification",
+        f"pipeline_tag: {PIPELINE_TAGS[run.composition.task]}",
         "tags: [tessera]",
         "---",
         "",
         f"# {run.cfg.model.name} fine-tuned by tessera on {run.cfg.data.name}",
         "",
-        f"Base model: `{base}`. Labels: {', '.join(run.state['labels'])}.",
+        f"Base model: `{base}`." + (f" Labels: {', '.join(labels)}." if labels else ""),
         "",
         "## Composition",
         "",
@@ -40,8 +52,8 @@ def model_card(run: Run, metrics: dict, base: str, unmerged: list[str], notes: l
         "## Use",
         "",
         "```python",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        'model = AutoModelForSequenceClassification.from_pretrained("export")',
+        f"from transformers import {AUTO_CLASSES[run.composition.task]}, AutoTokenizer",
+        f'model = {AUTO_CLASSES[run.composition.task]}.from_pretrained("export")',
         'tokenizer = AutoTokenizer.from_pretrained("export")',
         "```",
     ]

@@ -7,11 +7,21 @@ from pathlib import Path
 
 from tessera.core.errors import ConfigError
 
-#: The transformers Auto class of each objective task.
+#: The task name of each set of heads a run's objectives train together.
+TASKS = {
+    frozenset({"sequence-classification"}): "sequence-classification",
+    frozenset({"masked-lm"}): "masked-lm",
+    frozenset({"next-sentence"}): "next-sentence",
+    frozenset({"masked-lm", "next-sentence"}): "pretraining",
+    frozenset({"causal-lm"}): "causal-lm",
+}
+#: The transformers Auto class of each task.
 AUTO_CLASSES = {
     "sequence-classification": "AutoModelForSequenceClassification",
-    "causal-lm": "AutoModelForCausalLM",
     "masked-lm": "AutoModelForMaskedLM",
+    "next-sentence": "AutoModelForNextSentencePrediction",
+    "pretraining": "AutoModelForPreTraining",
+    "causal-lm": "AutoModelForCausalLM",
 }
 
 
@@ -29,6 +39,16 @@ def pretrained_path(model_cfg) -> Path:
             "point it at a saved model or use asset:minilm / asset:smollm2"
         )
     return path
+
+
+def is_decoder(model_cfg) -> bool:
+    """Whether the base model is decoder-only (its architecture has no masked-LM form, as Llama)."""
+    import json
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    config = json.loads((pretrained_path(model_cfg) / "config.json").read_text())
+    return config.get("model_type") not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def load_tokenizer(model_cfg):
@@ -49,13 +69,12 @@ def load_model(model_cfg, task: str, labels: list[str], tokenizer, seed: int):
 
     path = pretrained_path(model_cfg)
     auto_class = getattr(transformers, AUTO_CLASSES[task])
-    extra = {}
+    extra = {"pad_token_id": tokenizer.pad_token_id}
     if task == "sequence-classification":
-        extra = {
+        extra |= {
             "num_labels": len(labels),
             "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)},
-            "pad_token_id": tokenizer.pad_token_id,
         }
     torch.manual_seed(seed)
     if model_cfg.random_init:

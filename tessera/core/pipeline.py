@@ -27,11 +27,14 @@ log = logging.getLogger("tessera")
 STATUS_FILE = "run.json"
 
 
-def prepare(cfg: DictConfig, run_dir: Path) -> tuple[Run, Splits]:
-    """Validate the whole composition (techniques, data, assets) and return the run; no heavy work."""
+def prepare(cfg: DictConfig, run_dir: Path | None, check_model: bool = True) -> tuple[Run, Splits]:
+    """Validate the whole composition (techniques, data, assets) and return the run; no heavy work.
+
+    ``check_model=False`` skips the base-model check (a stage whose model is the previous stage's export)."""
     composition = compose(cfg)
-    splits = load_splits(cfg.data)
-    pretrained_path(cfg.model)
+    splits = load_splits(cfg.data, labelled=composition.needs_labels)
+    if check_model:
+        pretrained_path(cfg.model)
     run = Run(composition, run_dir)
     run.state["labels"] = splits.labels
     return run, splits
@@ -56,8 +59,7 @@ def _status(run: Run, status: str, **extra) -> None:
 
 def execute(run: Run, splits: Splits) -> dict:
     """Run every stage of a prepared run and return its test metrics."""
-    from tessera.core.batching import tokenize
-    from tessera.core.evaluate import classification_metrics, markdown_report, predict_probabilities, save_plots
+    from tessera.core.evaluate import evaluate_objectives, markdown_report
     from tessera.core.export import export
     from tessera.core.models import load_model, load_tokenizer
     from tessera.core.trainer import Trainer, planned_steps
@@ -72,36 +74,23 @@ def execute(run: Run, splits: Splits) -> dict:
         with _stage("kg", timings):
             for retriever in run.composition.selected("kg"):
                 train, validation, test = (retriever.enrich(split, run) for split in (train, validation, test))
-        run.total_steps = planned_steps(cfg.trainer, len(train))  # known before the adapters (AdaLoRA needs it)
         with _stage("model", timings):
             tokenizer = load_tokenizer(cfg.model)
+            items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
+            run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
             model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)
             for adapter in run.composition.selected("adapter"):
                 model = adapter.apply(model, run)
             for retriever in run.composition.selected("kg"):
                 model = retriever.attach(model, run)
-            tokenized = {
-                name: tokenize(split, tokenizer, cfg.data.max_length)
-                for name, split in (("train", train), ("validation", validation), ("test", test))
-            }
         with _stage("train", timings):
-            trainer = Trainer(run, model, tokenized["train"], tokenized["validation"], tokenizer.pad_token_id)
+            trainer = Trainer(
+                run, model, items, tokenizer,
+                validate=lambda trained: evaluate_objectives(run, trained, tokenizer, validation, "validation"),
+            )
             model = trainer.fit()
         with _stage("evaluate", timings):
-            probabilities = predict_probabilities(
-                model, tokenized["test"], cfg.trainer.eval_batch_size, tokenizer.pad_token_id,
-                trainer.accelerator.device,
-            )
-            metrics = classification_metrics(tokenized["test"].labels, probabilities, splits.labels)
-            save_plots(tokenized["test"].labels, probabilities, splits.labels, run.dir)
-            write_text(
-                run.dir / "predictions.jsonl",
-                "".join(
-                    json.dumps({"text": e["text"], "label": e["label"], "prediction": int(p.argmax()),
-                                "probabilities": p.tolist()}) + "\n"
-                    for e, p in zip(test, probabilities)
-                ),
-            )
+            metrics = evaluate_objectives(run, model, tokenizer, test, "test")
             run.emit("evaluation", split="test", metrics=metrics)
         with _stage("compress", timings):
             for compressor in run.composition.selected("compress"):
@@ -121,27 +110,40 @@ def execute(run: Run, splits: Splits) -> dict:
         {"test": metrics, "seconds": timings, "steps": run.total_steps, **trainer.history},
     )
     write_text(run.dir / "report.md", markdown_report(run.composition.describe(), metrics, timings))
-    _status(run, "complete", accuracy=metrics["accuracy"], seconds=timings["total"])
+    _status(run, "complete", test=metrics, seconds=timings["total"])
     run.emit("run_end", status="complete", metrics=metrics)
     return metrics
 
 
-def run_job(cfg: DictConfig) -> dict:
-    """The Hydra task of ``tessera train``: prepare (or discard the empty run directory on bad input), execute."""
-    from hydra.core.hydra_config import HydraConfig
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def run_single(cfg: DictConfig, run_dir: Path, check_model: bool = True) -> dict:
+    """Prepare and execute one run in ``run_dir`` (skipped when ``resume=true`` finds it complete); on bad input
+    the run directory is removed unless it is being resumed."""
+    status_file = run_dir / STATUS_FILE
+    if cfg.resume and status_file.is_file() and json.loads(status_file.read_text())["status"] == "complete":
+        log.info("run %s is already complete", run_dir)
+        return json.loads((run_dir / "metrics.json").read_text())["test"]
     try:
-        run, splits = prepare(cfg, run_dir)
+        run, splits = prepare(cfg, run_dir, check_model)
     except TesseraError:
         if not cfg.resume:
             discard_unstarted(run_dir)
         raise
-    if cfg.resume and (run_dir / STATUS_FILE).is_file():
-        previous = json.loads((run_dir / STATUS_FILE).read_text())
-        if previous["status"] == "complete":
-            log.info("run %s is already complete", run_dir)
-            return json.loads((run_dir / "metrics.json").read_text())["test"]
     log.info("run directory: %s", run_dir)
     log.info("composition: %s", run.composition.describe())
     return execute(run, splits)
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """The Hydra task of ``tessera train``: one run, or the stages of a multi-stage experiment."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from tessera.core import stages
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if not cfg.stages:
+        return run_single(cfg, run_dir)
+    planned = stages.plan(cfg, list(hydra_cfg.overrides.task), lambda o: compose("config", overrides=o))
+    stages.validate(planned)
+    return stages.run(planned, run_dir)

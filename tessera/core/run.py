@@ -28,8 +28,21 @@ class Composition:
 
     @property
     def task(self) -> str:
-        """The model head the objectives train (they all agree; :func:`compose` checks it)."""
-        return self.selected("objective")[0].task
+        """The task of the model the objectives train together (:data:`tessera.core.models.TASKS`)."""
+        from tessera.core.models import TASKS
+
+        return TASKS[frozenset(objective.task for objective in self.selected("objective"))]
+
+    @property
+    def item_builder(self):
+        """The objective whose items the run trains on: the first that does not ride along, else the first."""
+        objectives = self.selected("objective")
+        return next((o for o in objectives if not o.rides_along), objectives[0])
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether any objective needs labelled data."""
+        return any(objective.needs_labels for objective in self.selected("objective"))
 
     def describe(self) -> dict[str, list[str]]:
         """``{family: [names]}`` for the families that have a selection (for reports and model cards)."""
@@ -71,11 +84,15 @@ def compose(cfg: DictConfig) -> Composition:
     objectives = composition.selected("objective")
     if not objectives:
         raise ConfigError(f"no objective selected: choose one of {', '.join(plugins.registry.names('objective'))}")
-    for other in objectives[1:]:
-        if other.task != objectives[0].task:
-            raise IncompatibleError(
-                objectives[0].label, other.label, f"they train different heads ({objectives[0].task}, {other.task})"
-            )
+    from tessera.core.models import TASKS
+
+    if frozenset(objective.task for objective in objectives) not in TASKS:
+        first, other = objectives[0], next(o for o in objectives if o.task != objectives[0].task)
+        raise IncompatibleError(first.label, other.label, f"no model has both a {first.task} and a {other.task} head")
+    builders = [objective for objective in objectives if not objective.rides_along]
+    for other in builders[1:]:
+        if type(other) is not type(builders[0]):
+            raise IncompatibleError(builders[0].label, other.label, "each builds its own training items")
     adversaries = composition.selected("adversary")
     if len(adversaries) > 1:
         raise IncompatibleError(adversaries[0].label, adversaries[1].label, "a run has at most one adversary")

@@ -52,15 +52,39 @@ class ObjectiveConfig(TechniqueConfig):
 
 
 class Objective(Technique):
-    """Turns a batch into a scalar loss. ``task`` names the model head it needs (e.g. ``sequence-classification``)."""
+    """Turns examples into training items and a model's outputs on a batch of them into a scalar loss.
+
+    ``task`` names the model head it trains (``sequence-classification``, ``masked-lm``, ``next-sentence``,
+    ``causal-lm``); the run loads the model class that has the heads of all its objectives. ``needs_labels`` says
+    whether the data must be labelled. An objective that ``rides_along`` (MLM) adds its targets to batches built by
+    another objective in the same run, by :meth:`transform`; otherwise the first objective in config order builds
+    the items with :meth:`items`, and the others must accept them.
+    """
 
     family = "objective"
     task: ClassVar[str]
+    needs_labels: ClassVar[bool] = False
+    rides_along: ClassVar[bool] = False
     Config = ObjectiveConfig
 
     @abstractmethod
-    def loss(self, model, batch):
-        """Return the loss tensor of ``batch`` (a dict of tensors from the collator) under ``model``."""
+    def items(self, examples: list[dict], tokenizer, max_length: int, seed: int) -> list[dict]:
+        """Training items from examples: dicts of token-id lists (``input_ids``, optional ``token_type_ids``,
+        token-level ``labels``) and scalar targets, padded later by :func:`tessera.core.batching.collate`."""
+
+    def transform(self, batch: dict, tokenizer, generator) -> dict:
+        """Change a collated batch before the forward pass (dynamic masking); ``generator`` is a seeded
+        ``torch.Generator``. The default returns the batch as it is."""
+        return batch
+
+    @abstractmethod
+    def loss(self, outputs, batch):
+        """The loss tensor of ``batch`` given the model's ``outputs`` (one forward pass serves all objectives)."""
+
+    def evaluate(self, run: Run, model, tokenizer, examples: list[dict], split: str) -> dict:
+        """Task metrics beyond the mean loss on ``examples`` (e.g. accuracy); ``split`` is ``validation`` or
+        ``test`` (write artifacts such as plots into ``run.dir`` only for ``test``). The default adds nothing."""
+        return {}
 
 
 class Adapter(Technique):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tessera.core.batching import TokenizedSplit, batch_order, collate
+from tessera.core.batching import batch_order, collate, model_inputs
 from tessera.core.errors import ConfigError
 from tessera.core.run import Run
 
@@ -92,12 +92,14 @@ def _param_groups(model, learning_rate: float, weight_decay: float, adapters) ->
 class Trainer:
     """Trains ``model`` on ``train`` with the run's objectives and adversary."""
 
-    def __init__(self, run: Run, model, train: TokenizedSplit, validation: TokenizedSplit, pad_id: int):
+    def __init__(self, run: Run, model, train: list[dict], tokenizer, validate: Callable[[object], dict]):
+        """``train`` holds the objectives' training items; ``validate(model)`` returns the validation metrics
+        measured at the end of each epoch."""
         import torch
         from accelerate import Accelerator
         from transformers import get_scheduler
 
-        self.run, self.train, self.validation, self.pad_id = run, train, validation, pad_id
+        self.run, self.train, self.tokenizer, self.validate = run, train, tokenizer, validate
         self.cfg = run.cfg.trainer
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
@@ -129,8 +131,20 @@ class Trainer:
     # --- seams ---------------------------------------------------------------------------------------------
 
     def compute_loss(self, batch):
-        """The loss seam: the weighted sum of the objectives' losses."""
-        return sum(objective.config.weight * objective.loss(self.model, batch) for objective in self.objectives)
+        """The loss seam: one forward pass, then the weighted sum of the objectives' losses."""
+        outputs = self.model(**model_inputs(batch))
+        return sum(objective.config.weight * objective.loss(outputs, batch) for objective in self.objectives)
+
+    def make_batch(self, indices: list[int], position: int) -> dict:
+        """Collate the items at ``indices`` and let every objective transform the batch (seeded by the batch's
+        place in the run, so a resumed run draws the same masks)."""
+        import torch
+
+        batch = collate(self.train, indices, self.tokenizer.pad_token_id, self.accelerator.device)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + position)
+        for objective in self.objectives:
+            batch = objective.transform(batch, self.tokenizer, generator)
+        return batch
 
     def backward(self, batch, loss) -> None:
         """The backward seam: the adversary owns it when one is selected."""
@@ -166,7 +180,7 @@ class Trainer:
             self.model.train()
             losses, samples, started = [], 0, time.perf_counter()
             for position in range(self.batches_done, len(batches)):
-                batch = collate(self.train, batches[position], self.pad_id, self.accelerator.device)
+                batch = self.make_batch(batches[position], position)
                 loss = self.compute_loss(batch)
                 self.backward(batch, loss)
                 losses.append(loss.item())
@@ -195,7 +209,7 @@ class Trainer:
                     self._checkpoint()
             else:
                 self.epoch, self.batches_done = self.epoch + 1, 0
-                validation = self._validate()
+                validation = self.validate(self.model)
                 self.history["validation"].append({"epoch": self.epoch, **validation})
                 self.run.emit("epoch_end", epoch=self.epoch, metrics=validation)
                 self._checkpoint()
@@ -203,17 +217,6 @@ class Trainer:
 
     def _finished(self) -> bool:
         return self.global_step >= self.run.total_steps
-
-    def _validate(self) -> dict:
-        from tessera.core.evaluate import predict_probabilities
-
-        if not len(self.validation):
-            return {}
-        probabilities = predict_probabilities(
-            self.model, self.validation, self.cfg.eval_batch_size, self.pad_id, self.accelerator.device
-        )
-        correct = sum(int(p.argmax() == y) for p, y in zip(probabilities, self.validation.labels))
-        return {"accuracy": correct / len(self.validation)}
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ def tessera_step_end(run, step, metrics):
 @hookimpl
 def tessera_epoch_end(run, epoch, metrics):
     progress, _ = run.state[_PROGRESS_KEY]
-    shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+    shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, float))
     progress.console.print(f"epoch {epoch}: validation {shown}")
 
 

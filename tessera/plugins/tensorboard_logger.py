@@ -5,6 +5,10 @@ from tessera import hookimpl
 _WRITER_KEY = "tensorboard.writer"
 
 
+def _scalars(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 def _writer(run):
     if _WRITER_KEY not in run.state:
         from torch.utils.tensorboard import SummaryWriter
@@ -16,23 +20,22 @@ def _writer(run):
 @hookimpl
 def tessera_step_end(run, step, metrics):
     writer = _writer(run)
-    for key, value in metrics.items():
+    for key, value in _scalars(metrics).items():
         writer.add_scalar(f"train/{key}", value, step)
 
 
 @hookimpl
 def tessera_epoch_end(run, epoch, metrics):
     writer = _writer(run)
-    for key, value in metrics.items():
+    for key, value in _scalars(metrics).items():
         writer.add_scalar(f"validation/{key}", value, epoch)
 
 
 @hookimpl
 def tessera_evaluation(run, split, metrics):
     writer = _writer(run)
-    for key, value in metrics.items():
-        if isinstance(value, float):
-            writer.add_scalar(f"{split}/{key}", value, run.total_steps)
+    for key, value in _scalars(metrics).items():
+        writer.add_scalar(f"{split}/{key}", value, run.total_steps)
 
 
 @hookimpl
