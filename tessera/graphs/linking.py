@@ -1,11 +1,11 @@
 """Entity linking: find the graph's entities in text by their aliases.
 
 The :class:`EntityLinker` folds case, tokenizes (words with inner apostrophes and hyphens), and scans the tokens
-left to right taking the **longest** alias that matches at each position, trying the tokens as written and then
-lemmatized with WordNet's morphy (``dogs`` -> ``dog``, ``running`` -> ``run``, ``hot dogs`` -> ``hot dog``).
-When an alias names several entities it picks one by ``prior`` (the alias's prior, e.g. WordNet's sense
-frequency rank) or by ``degree`` (the entity with the most facts); ties go to the other criterion, then to the
-lower id. Single stop words ("the", "is", "a") are never linked.
+left to right taking the **longest** span that matches an alias at each position, as written or lemmatized with
+WordNet's morphy (``dogs`` -> ``dog``, ``running`` -> ``run``, ``hot dogs`` -> ``hot dog``). The candidates of all
+spellings of that span compete: the linker picks by ``prior`` (the alias's prior, e.g. WordNet's sense frequency)
+or by ``degree`` (the entity with the most facts); ties go to the other criterion, then to the lower id. Single
+stop words ("the", "is", "a") are never linked.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class EntityLinker:
             first, *rest = key.split(" ")
             self.max_tokens[first] = max(self.max_tokens.get(first, 0), len(rest) + 1)
 
-    def _build_index(self) -> dict[str, tuple[int, ...]]:
-        """``{alias key: candidate entity ids, best first}``."""
+    def _build_index(self) -> dict[str, tuple[tuple[int, float], ...]]:
+        """``{alias key: ((entity id, prior), ...) best first}``."""
         graph = self.graph
         best_prior: dict[str, dict[int, float]] = {}
         for name, entity, prior in zip(graph.alias_names, graph.alias_entities.tolist(), graph.alias_priors.tolist()):
@@ -93,14 +93,18 @@ class EntityLinker:
             if key:
                 candidates = best_prior.setdefault(key, {})
                 candidates[entity] = max(prior, candidates.get(entity, 0.0))
-        degree = graph.degree
+        return {key: self._ranked(c.items()) for key, c in best_prior.items()}
+
+    def _ranked(self, candidates) -> tuple[tuple[int, float], ...]:
+        """``(entity, prior)`` pairs best first, by the disambiguation criterion, then the other, then id."""
+        degree = self.graph.degree
         if self.disambiguation == "prior":
             def rank(item):
                 return (-item[1], -degree[item[0]], item[0])
         else:
             def rank(item):
                 return (-degree[item[0]], -item[1], item[0])
-        return {key: tuple(e for e, _ in sorted(c.items(), key=rank)) for key, c in best_prior.items()}
+        return tuple(sorted(candidates, key=rank))
 
     @functools.cached_property
     def _morphy(self):
@@ -143,20 +147,22 @@ class EntityLinker:
                 span = words[position : position + length]
                 if length == 1 and (span[0] in self.stopwords or len(span[0]) < self.min_length):
                     break
+                merged: dict[int, float] = {}
                 for key in self._spellings(span):
-                    candidates = self.index.get(key)
-                    if candidates:
-                        found = (length, candidates)
-                        break
-                if found:
+                    for entity, prior in self.index.get(key, ()):
+                        merged[entity] = max(prior, merged.get(entity, 0.0))
+                if merged:  # every spelling's candidates compete: "chased" -> chase.v.01, not the noun "chased"
+                    found = (length, self._ranked(merged.items()) if len(merged) > 1 else tuple(merged.items()))
                     break
             if found is None:
                 position += 1
                 continue
-            length, candidates = found
+            length, ranked = found
             start, end = tokens[position].start(), tokens[position + length - 1].end()
-            entity = candidates[0]
-            mentions.append(Mention(start, end, text[start:end], entity, self.graph.entities[entity], candidates))
+            candidates = tuple(entity for entity, _ in ranked)
+            mentions.append(
+                Mention(start, end, text[start:end], candidates[0], self.graph.entities[candidates[0]], candidates)
+            )
             position += length
         return mentions
 

@@ -7,8 +7,9 @@ the facts and keeps the best ``max_facts``. Ranking:
     personalized PageRank on the retrieved subgraph, restarting at the linked entities; a fact scores the sum
     of its two ends' ranks, so facts close to several mentions and to well-connected neighbours come first.
 ``embedding``
-    cosine similarity between the mean embedding of the linked entities and the fact's other end, with entity
-    embeddings from ``tessera kg embed`` (:mod:`tessera.graphs.embeddings`).
+    cosine similarity between the mean embedding of the linked entities and the fact's end that is not one of
+    them (the better end when neither is), with entity embeddings from ``tessera kg embed``
+    (:mod:`tessera.graphs.embeddings`).
 
 An entity the graph does not have, or a text with no entity in it, gives an empty :class:`Retrieval`.
 """
@@ -135,16 +136,25 @@ class Retriever:
     def _score(self, seeds: np.ndarray, nodes: np.ndarray, edges: np.ndarray) -> np.ndarray:
         heads, tails = self.graph.triples[edges, 0], self.graph.triples[edges, 2]
         if self.ranking == "embedding":
-            vectors = self.embeddings
-            query = vectors[seeds].mean(axis=0)
-            seed_set = np.isin(heads, seeds)
-            others = np.where(seed_set, tails, heads)
-            candidates = vectors[others]
-            norms = np.linalg.norm(candidates, axis=1) * (np.linalg.norm(query) or 1.0)
-            return candidates @ query / np.where(norms == 0, 1.0, norms)
+            return self._similarity(seeds, heads, tails)
         nodes = np.sort(nodes)
         ranks = personalized_pagerank(nodes, heads, tails, seeds, self.damping)
         return ranks[np.searchsorted(nodes, heads)] + ranks[np.searchsorted(nodes, tails)]
+
+
+    def _similarity(self, seeds: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+        """Per fact, the best cosine similarity between the seeds' mean embedding and a fact end that is not a
+        seed (1 for a fact between two seeds)."""
+        vectors = self.embeddings
+        query = vectors[seeds].mean(axis=0)
+        query = query / (np.linalg.norm(query) or 1.0)
+        best = np.full(len(heads), -np.inf)
+        for ends in (heads, tails):
+            candidates = vectors[ends]
+            norms = np.linalg.norm(candidates, axis=1)
+            similarity = candidates @ query / np.where(norms == 0, 1.0, norms)
+            best = np.maximum(best, np.where(np.isin(ends, seeds), -np.inf, similarity))
+        return np.where(np.isinf(best), 1.0, best)
 
 
 def _first_of_each_pair(triples: np.ndarray) -> np.ndarray:

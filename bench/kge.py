@@ -1,0 +1,119 @@
+"""Link prediction on Nations, UMLS and Kinships: tessera's TransE and RotatE (``torch_geometric.nn.kge``) vs
+PyKEEN's ``pipeline`` with the same settings.
+
+Both sides train on the packaged PyKEEN split files (PyKEEN through ``TriplesFactory.from_path`` on the same
+files) with: embedding dimension ``--dim`` (complex dimension for RotatE, as in both libraries), ``--epochs``,
+batch size ``--batch-size``, ``--negatives`` uniformly corrupted heads or tails per positive (PyKEEN's ``basic``
+sampler), Adam at ``--lr``, a margin ranking loss with margin 1 (PyKEEN's default for both models), L1 distance for
+TransE, one torch thread, seed 0. Both evaluate on the test split with filtered, realistic, both-sides ranks
+(PyKEEN's ``RankBasedEvaluator`` filtering train, validation and test triples). Reported: MRR, Hits@10, MR and
+training seconds (PyKEEN: ``PipelineResult.train_seconds``; tessera: the training loop), and the ratios.
+
+The two run alternately (tessera first on even pairs, PyKEEN first on odd ones), one run each.
+Needs ``pip install pykeen==1.11.1`` (the ``bench`` extra). Usage: ``.venv/bin/python bench/kge.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATASETS = ("nations", "umls", "kinships")
+MODELS = {"transe": "TransE", "rotate": "RotatE"}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_tessera(dataset: str, model: str, args) -> dict:
+    from tessera.graphs.embeddings import KGEConfig, train_embeddings
+    from tessera.graphs.loaders import load_graph
+
+    config = KGEConfig(model=model, dim=args.dim, epochs=args.epochs, batch_size=args.batch_size,
+                       learning_rate=args.lr, negatives=args.negatives, loss="margin", margin=1.0, seed=0, threads=1)
+    trained = train_embeddings(load_graph(f"pykeen:{dataset}"), config)
+    both = trained.metrics["both"]
+    return {"mrr": round(both["mrr"], 4), "hits_at_10": round(both["hits_at_10"], 4), "mr": round(both["mr"], 3),
+            "train_seconds": round(trained.seconds, 2)}
+
+
+def run_pykeen(dataset: str, model: str, args) -> dict:
+    import torch
+    from pykeen.pipeline import pipeline
+    from pykeen.triples import TriplesFactory
+
+    from tessera.core.assets import asset_path
+
+    directory = asset_path("pykeen") / dataset
+    training = TriplesFactory.from_path(directory / "train.txt")
+    splits = {split: TriplesFactory.from_path(directory / f"{split}.txt", entity_to_id=training.entity_to_id,
+                                              relation_to_id=training.relation_to_id) for split in ("valid", "test")}
+    torch.set_num_threads(1)
+    result = pipeline(
+        training=training, validation=splits["valid"], testing=splits["test"],
+        model=MODELS[model], model_kwargs=dict(embedding_dim=args.dim),
+        optimizer="Adam", optimizer_kwargs=dict(lr=args.lr),
+        loss="marginranking", loss_kwargs=dict(margin=1.0),
+        negative_sampler="basic", negative_sampler_kwargs=dict(num_negs_per_pos=args.negatives),
+        training_kwargs=dict(num_epochs=args.epochs, batch_size=args.batch_size),
+        random_seed=0, device="cpu", use_tqdm=False,
+    )
+    metric = result.metric_results.get_metric
+    return {"mrr": round(metric("both.realistic.inverse_harmonic_mean_rank"), 4),
+            "hits_at_10": round(metric("both.realistic.hits_at_10"), 4),
+            "mr": round(metric("both.realistic.arithmetic_mean_rank"), 3),
+            "train_seconds": round(result.train_seconds, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--negatives", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    args = parser.parse_args()
+    try:
+        import pykeen
+    except ImportError:
+        sys.exit("bench/kge.py needs PyKEEN: pip install 'pykeen==1.11.1' (the bench extra)")
+    import logging
+
+    logging.getLogger("pykeen").setLevel(logging.ERROR)
+    pairs, index = [], 0
+    for dataset in args.datasets:
+        for model in MODELS:
+            runners = [("tessera", run_tessera), ("pykeen", run_pykeen)]
+            outcome = {}
+            for name, runner in (runners if index % 2 == 0 else runners[::-1]):
+                started = time.perf_counter()
+                outcome[name] = runner(dataset, model, args)
+                log(f"{dataset} {model} {name}: {outcome[name]} ({time.perf_counter() - started:.0f} s wall)")
+            index += 1
+            pairs.append({
+                "dataset": dataset, "model": model, **outcome,
+                "mrr_ratio": round(outcome["tessera"]["mrr"] / outcome["pykeen"]["mrr"], 3),
+                "time_ratio": round(outcome["tessera"]["train_seconds"] / outcome["pykeen"]["train_seconds"], 3),
+            })
+    print(json.dumps({
+        "benchmark": "kge",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, 1 torch thread",
+        "settings": {"dim": args.dim, "epochs": args.epochs, "batch_size": args.batch_size,
+                     "negatives": args.negatives, "lr": args.lr, "loss": "margin ranking, margin 1",
+                     "optimizer": "Adam", "pykeen": pykeen.get_version()},
+        "pairs": pairs,
+        "tessera_mrr_at_least_pykeen": all(p["mrr_ratio"] >= 1 for p in pairs),
+        "tessera_time_at_most_pykeen": all(p["time_ratio"] <= 1 for p in pairs),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

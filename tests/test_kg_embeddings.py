@@ -1,0 +1,124 @@
+"""KG embeddings through torch_geometric.nn.kge: training, filtered realistic ranks (checked by brute force), RGCN,
+saving and caching."""
+
+import numpy as np
+import pytest
+
+from tessera.core.assets import MANIFEST, tessera_home
+from tessera.graphs.embeddings import (
+    KGEConfig,
+    TrainedEmbeddings,
+    _Scorer,
+    cached_embeddings,
+    embeddings_path,
+    link_prediction,
+    train_embeddings,
+)
+from tessera.graphs.loaders import load_graph
+from tessera.graphs.store import GraphError
+
+REAL_HOME = tessera_home()
+pytestmark = pytest.mark.skipif(
+    not (REAL_HOME / "assets" / "pykeen" / MANIFEST).is_file(), reason="asset 'pykeen' is not fetched"
+)
+
+
+@pytest.fixture(scope="module")
+def nations():
+    return load_graph("pykeen:nations")
+
+
+def brute_force_ranks(scorer, graph, split):
+    """Realistic filtered ranks of both sides, one candidate at a time (the definition, slowly)."""
+    import torch
+
+    known = {tuple(t) for t in graph.triples.tolist()}
+    ranks = []
+    for h, r, t in graph.split(split).tolist():
+        for side in ("head", "tail"):
+            def score(e):
+                triple = (e, r, t) if side == "head" else (h, r, e)
+                return float(scorer.score(*(torch.tensor([x]) for x in triple)))
+
+            true = h if side == "head" else t
+            true_score = score(true)
+            others = [score(e) for e in range(graph.num_entities) if e != true
+                      and ((e, r, t) if side == "head" else (h, r, e)) not in known]
+            better = sum(s > true_score for s in others)
+            tied = sum(s == true_score for s in others)
+            ranks.append(1 + better + tied / 2)
+    return np.array(ranks)
+
+
+def test_filtered_realistic_ranks_match_brute_force(nations):
+    import torch
+
+    trained = train_embeddings(nations, KGEConfig(model="transe", dim=16, epochs=3), evaluate=None)
+    assert trained.metrics == {}
+    scorer = _Scorer(nations, nations.split("train"), KGEConfig(model="transe", dim=16))
+    with torch.no_grad():
+        scorer.model.node_emb.weight.copy_(torch.as_tensor(trained.entities))
+        scorer.model.rel_emb.weight.copy_(torch.as_tensor(trained.relations))
+        metrics = link_prediction(scorer, nations, "test")
+        reference = brute_force_ranks(scorer, nations, "test")
+    assert metrics["triples"] == 201 and metrics["split"] == "test"
+    assert metrics["both"]["mr"] == pytest.approx(reference.mean(), rel=1e-6)
+    assert metrics["both"]["mrr"] == pytest.approx((1 / reference).mean(), rel=1e-6)
+    assert metrics["both"]["hits_at_3"] == pytest.approx((reference <= 3).mean())
+
+
+def test_ties_get_the_realistic_rank(nations):
+    import torch
+
+    scorer = _Scorer(nations, nations.split("train"), KGEConfig(model="distmult", dim=8))
+    with torch.no_grad():
+        scorer.model.node_emb.weight.zero_()  # every candidate scores 0: all tied
+        metrics = link_prediction(scorer, nations, "test")
+        reference = brute_force_ranks(scorer, nations, "test")
+    assert metrics["both"]["mr"] == pytest.approx(reference.mean())
+    assert 1 < metrics["both"]["mr"] < nations.num_entities / 2 + 1
+
+
+def test_training_learns_both_directions(nations):
+    trained = train_embeddings(nations, KGEConfig(model="rotate", dim=32, epochs=40, learning_rate=0.01))
+    both, head, tail = (trained.metrics[side] for side in ("both", "head", "tail"))
+    assert both["mrr"] > 0.45  # an untrained model scores about 0.25 on Nations
+    assert both["mrr"] == pytest.approx((head["mrr"] + tail["mrr"]) / 2)
+    assert both["hits_at_1"] <= both["hits_at_3"] <= both["hits_at_10"] <= 1
+    assert trained.entities.shape == (14, 64)  # real and imaginary parts
+    assert trained.relations.shape == (55, 32)
+
+
+def test_rgcn_encoder_and_complex(nations):
+    trained = train_embeddings(nations, KGEConfig(model="complex", dim=8, epochs=2, encoder="rgcn", rgcn_bases=4))
+    assert trained.entities.shape == (14, 16) and 0 < trained.metrics["both"]["mrr"] <= 1
+
+
+def test_config_is_checked(nations):
+    for bad, message in ((dict(model="transh"), "unknown KGE model 'transh'"),
+                         (dict(encoder="gat"), "unknown KGE encoder 'gat'"),
+                         (dict(loss="hinge"), "unknown KGE loss 'hinge'"),
+                         (dict(dim=0), "must be at least 1")):
+        with pytest.raises(GraphError, match=message):
+            train_embeddings(nations, KGEConfig(**bad))
+    with pytest.raises(GraphError, match="has no split 'dev'"):
+        train_embeddings(nations, KGEConfig(epochs=1, train_split="dev"))
+
+
+def test_save_load_and_cache(nations, tmp_path, monkeypatch):
+    trained = train_embeddings(nations, KGEConfig(dim=8, epochs=1))
+    path = trained.save(tmp_path / "e.npz")
+    again = TrainedEmbeddings.load(path)
+    assert np.array_equal(again.entities, trained.entities) and again.config == trained.config
+    assert (tmp_path / "e.json").is_file()
+    (tmp_path / "bad.npz").write_text("not numpy")
+    with pytest.raises(GraphError, match="is not an embeddings file written by `tessera kg embed`"):
+        TrainedEmbeddings.load(tmp_path / "bad.npz")
+
+    monkeypatch.setenv("TESSERA_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "assets").mkdir(parents=True)
+    (tmp_path / "home" / "assets" / "pykeen").symlink_to(REAL_HOME / "assets" / "pykeen")
+    config = KGEConfig(dim=8, epochs=2)
+    first = cached_embeddings("pykeen:nations", config)
+    assert embeddings_path("pykeen:nations", config).is_file()
+    assert np.array_equal(cached_embeddings("pykeen:nations", config).entities, first.entities)
