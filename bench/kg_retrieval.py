@@ -13,7 +13,8 @@ returns the set of entities within two hops (either direction) of them:
   the directed graph copies the whole graph per call), node sets united.
 
 Every query checks that the three node sets are equal. The contenders alternate per query (rotating which goes
-first); p50 / p99 latencies and their ratios are reported. ``full_retrieval`` adds tessera's whole retrieval
+first), each call starting after a garbage collection (rdflib leaves much garbage that would otherwise be collected
+during whichever call comes next); p50 / p99 latencies and their ratios are reported. ``full_retrieval`` adds tessera's whole retrieval
 (linking, 2 hops, personalized PageRank, 20-fact budget) for reference.
 
 Usage: ``.venv/bin/python bench/kg_retrieval.py [--queries N]``; one JSON object on stdout, progress on stderr.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import os
 import platform
@@ -105,6 +107,7 @@ def main() -> None:
         names = names[index % 3:] + names[: index % 3]
         answers = {}
         for name in names:
+            gc.collect()  # start every call with no garbage pending from the previous one
             began = time.perf_counter()
             answers[name] = contenders[name](seeds)
             times[name].append(time.perf_counter() - began)
@@ -116,6 +119,7 @@ def main() -> None:
     retriever = Retriever(graph, hops=2, max_facts=20, linker=linker)
     full = []
     for text, _ in queries:
+        gc.collect()
         began = time.perf_counter()
         retriever.retrieve(text)
         full.append(time.perf_counter() - began)

@@ -32,9 +32,9 @@ def pets() -> KnowledgeGraph:
                                        relation_labels={"is_a": "is an", "form_of": "is a form of"})
 
 
-def injector(graph, **options) -> TextInjector:
+def injector(graph, direction="out", **options) -> TextInjector:
     linker = EntityLinker(graph, lemmatize=False)
-    return TextInjector(Retriever(graph, hops=1, max_facts=4, linker=linker), **options)
+    return TextInjector(Retriever(graph, hops=1, max_facts=4, linker=linker, direction=direction), **options)
 
 
 def test_inline_and_append_injection(pets):
@@ -46,6 +46,10 @@ def test_inline_and_append_injection(pets):
     assert two == "a dog (dog is an animal; dog has tail)"
     assert injector(pets).inject("nothing to see") == "nothing to see"
     assert injector(pets).inject("we run") == "we run"  # "run is a form of run" says nothing
+    assert injector(pets).inject("a mouse") == "a mouse"  # nothing is said *by* the mouse ...
+    assert injector(pets, direction="in").inject("a mouse") == "a mouse (cat chases mouse)"  # ... only about it
+    with pytest.raises(GraphError, match="direction 'up' is not one of out, in, both"):
+        injector(pets, direction="up")
     with pytest.raises(GraphError, match="position 'middle'"):
         injector(pets, position="middle")
 

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--encoder", default="none", help="none or rgcn")
     embed.add_argument("--seed", type=int, default=0)
     embed.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small graphs)")
-    embed.add_argument("--evaluate", default="test", help="split to evaluate on, or 'none'")
+    embed.add_argument("--evaluate", help="split to evaluate on, or 'none' (default: test when the graph has one)")
     embed.add_argument("--out", metavar="FILE", help="embeddings file (default: the graph's cache)")
     embed.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -179,7 +179,8 @@ def embed(args) -> int:
                        seed=args.seed, threads=args.threads)
     config.check()
     graph = load_graph(args.source)
-    evaluate = None if args.evaluate == "none" else args.evaluate
+    evaluate = args.evaluate or ("test" if "test" in graph.splits else "none")
+    evaluate = None if evaluate == "none" else evaluate
     trained = train_embeddings(graph, config, evaluate=evaluate,
                                log=None if args.json else lambda line: print(line, flush=True))
     path = trained.save(args.out or embeddings_path(args.source, config))

@@ -1,7 +1,8 @@
 """K-BERT-style text injection: retrieved facts written into each input, under a token budget.
 
 For every entity linked in a text (in order of mention) the :class:`TextInjector` retrieves its best facts
-(``facts_per_entity``, through a :class:`~tessera.graphs.retrieval.Retriever`) and verbalizes them. Facts are
+(``facts_per_entity`` of the facts it takes part in, through a :class:`~tessera.graphs.retrieval.Retriever`) and
+verbalizes them. Facts are
 taken round-robin over the mentions (each entity's best fact first) until the budget is spent: at most
 ``max_fact_tokens`` tokens of facts, and no more than leaves the whole input within ``max_length`` tokens when a
 tokenizer is given, so injection never pushes the original words out of the truncation window. With
@@ -45,19 +46,21 @@ class TextInjector:
     def __post_init__(self):
         if self.position not in POSITIONS:
             raise GraphError(f"position {self.position!r} is not one of {', '.join(POSITIONS)}")
-        self._facts: dict[int, list[str]] = {}
+        self._facts: dict[int, list[tuple[str, int]]] = {}
 
-    def entity_facts(self, entity: int) -> list[str]:
-        """The verbalized best facts of one entity (cached: the same entity recurs across inputs)."""
+    def entity_facts(self, entity: int) -> list[tuple[str, int]]:
+        """The verbalized best facts that one entity takes part in, ranked by the retriever (whose ``direction``
+        decides: ``out`` keeps the entity's own statements, ``dog is a kind of canine``, as K-BERT does). Cached:
+        the same entity recurs across inputs. Each fact comes with its token count."""
         if entity not in self._facts:
             found = self.retriever.retrieve_ids([entity])
             graph = self.retriever.graph
             sentences = [
                 sentence
                 for (h, _, t), sentence in zip(graph.triples[found.edges], found.sentences())
-                if graph.labels[h].casefold() != graph.labels[t].casefold()
+                if entity in (h, t) and graph.labels[h].casefold() != graph.labels[t].casefold()
             ]
-            self._facts[entity] = sentences[: self.facts_per_entity]
+            self._facts[entity] = [(s, self.count_tokens(s)) for s in sentences[: self.facts_per_entity]]
         return self._facts[entity]
 
     def budget(self, text: str) -> int:
@@ -79,10 +82,11 @@ class TextInjector:
         for rank in range(self.facts_per_entity):
             for end, facts in per_mention:
                 if rank < len(facts):
-                    cost = self.count_tokens(facts[rank]) + 2  # the separator and bracket tokens
+                    fact, tokens = facts[rank]
+                    cost = tokens + 2  # the separator and bracket tokens
                     if cost <= budget:
                         budget -= cost
-                        chosen.append((end, facts[rank]))
+                        chosen.append((end, fact))
         return chosen
 
     def inject(self, text: str) -> str:

@@ -1,7 +1,8 @@
 """Retrieval: the k-hop subgraph around linked entities, ranked, cut to a fact budget, as triples or text.
 
-:class:`Retriever` links a text (or takes entity keys), expands ``hops`` hops through the admitted relations, ranks
-the facts and keeps the best ``max_facts``. Ranking:
+:class:`Retriever` links a text (or takes entity keys), expands ``hops`` hops through the admitted relations
+(following edges ``out`` from head to tail, ``in``, or ``both`` ways), ranks the facts and keeps the best
+``max_facts``. Ranking:
 
 ``pagerank``
     personalized PageRank on the retrieved subgraph, restarting at the linked entities; a fact scores the sum
@@ -24,6 +25,8 @@ from tessera.graphs.linking import EntityLinker, Mention
 from tessera.graphs.store import GraphError, KnowledgeGraph
 
 RANKINGS = ("pagerank", "embedding")
+#: Which way edges are followed from the linked entities: from head to tail, the reverse, or both.
+DIRECTIONS = ("out", "in", "both")
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Retriever:
         embeddings: np.ndarray | None = None,
         linker: EntityLinker | None = None,
         damping: float = 0.85,
+        direction: str = "both",
     ):
         if ranking not in RANKINGS:
             raise GraphError(f"ranking {ranking!r} is not one of {', '.join(RANKINGS)}")
@@ -89,6 +93,8 @@ class Retriever:
                 f"ranking=embedding needs one embedding per entity of {graph.name}: train them with "
                 f"`tessera kg embed {graph.name}` and pass them, or use ranking=pagerank"
             )
+        if direction not in DIRECTIONS:
+            raise GraphError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
         if hops < 1 or max_facts < 0:
             raise GraphError(f"hops must be at least 1 and max_facts at least 0 (got {hops}, {max_facts})")
         self.graph = graph
@@ -98,6 +104,7 @@ class Retriever:
         self.ranking = ranking
         self.embeddings = embeddings
         self.damping = damping
+        self.direction = direction
         self._linker = linker
 
     @property
@@ -122,7 +129,7 @@ class Retriever:
         seeds = np.asarray(seeds, dtype=np.int64)
         if not len(seeds) or not self.max_facts:
             return self._empty(seeds, mentions)
-        nodes, edges = self.graph.k_hop(seeds, self.hops, self.relation_mask)
+        nodes, edges = self.graph.k_hop(seeds, self.hops, self.relation_mask, self.direction)
         if not len(edges):
             return self._empty(seeds, mentions)
         scores = self._score(seeds, nodes, edges)
@@ -171,20 +178,17 @@ def personalized_pagerank(
 ) -> np.ndarray:
     """PageRank of the undirected subgraph ``heads[i] -- tails[i]`` over sorted ``nodes``, restarting at ``seeds``.
 
-    Power iteration with a sparse transition matrix; returns one rank per node of ``nodes`` (they sum to 1).
+    Power iteration as a scatter-add over the edge list (``np.bincount``): on the few hundred edges of a retrieved
+    neighbourhood this is far cheaper than building sparse matrices. Returns one rank per node (they sum to 1).
     """
-    from scipy import sparse
-
     size = len(nodes)
-    rows = np.searchsorted(nodes, np.concatenate([heads, tails]))
-    cols = np.searchsorted(nodes, np.concatenate([tails, heads]))
-    adjacency = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(size, size))
-    out_degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    transition = sparse.diags(1.0 / np.where(out_degree == 0, 1.0, out_degree)) @ adjacency
+    sources = np.searchsorted(nodes, np.concatenate([heads, tails]))
+    targets = np.searchsorted(nodes, np.concatenate([tails, heads]))
+    degree = np.bincount(sources, minlength=size).astype(float)
+    share = 1.0 / degree[sources]
     restart = np.zeros(size)
     restart[np.searchsorted(nodes, seeds)] = 1.0 / len(seeds)
     rank = restart.copy()
-    transition = transition.T.tocsr()
     for _ in range(iterations):
-        rank = damping * (transition @ rank) + (1 - damping) * restart
+        rank = damping * np.bincount(targets, weights=rank[sources] * share, minlength=size) + (1 - damping) * restart
     return rank / rank.sum()

@@ -25,6 +25,8 @@ from tessera.core.errors import ConfigError
 from tessera.core.techniques import KGRetriever, TechniqueConfig
 
 INJECTION_FILE = "kg_injection.json"
+#: Facts ranked per entity before its own best ones are kept.
+_RANKED_FACTS = 1000
 
 
 @dataclass
@@ -43,7 +45,10 @@ class LinkingConfig(TechniqueConfig):
 class TextInjectionConfig(LinkingConfig):
     """K-BERT-style text injection."""
 
-    #: Hops around each linked entity to rank its facts in (its own facts are the ones injected at hops=1).
+    #: ``out``: the entity's own statements (dog is a kind of canine), as K-BERT; ``in``: statements about it
+    #: (puppy is a kind of dog); ``both``.
+    direction: str = "out"
+    #: Hops of the neighbourhood that ranks each entity's facts (the injected facts are the entity's own).
     hops: int = 1
     #: Only facts of these relations (empty: all relations of the graph).
     relations: list[str] = field(default_factory=list)
@@ -110,8 +115,8 @@ def build_injector(config: TextInjectionConfig, tokenizer=None, max_length: int 
     linker = _linker(config)
     embeddings = cached_embeddings(config.graph, _kge_config(config)).entities if config.ranking == "embedding" else None
     retriever = Retriever(linker.graph, hops=config.hops, relations=list(config.relations),
-                          max_facts=4 * config.facts_per_entity, ranking=config.ranking, embeddings=embeddings,
-                          linker=linker)
+                          max_facts=_RANKED_FACTS, ranking=config.ranking, embeddings=embeddings, linker=linker,
+                          direction=config.direction)
     count = whitespace_tokens
     special = 2
     if tokenizer is not None:
@@ -147,11 +152,12 @@ class WordNetText(KGRetriever):
 
     def validate(self, composition):
         from tessera.graphs.injection import POSITIONS
-        from tessera.graphs.retrieval import RANKINGS
+        from tessera.graphs.retrieval import DIRECTIONS, RANKINGS
 
         _check_graph(self)
         for key, value, valid in (("position", self.config.position, POSITIONS),
-                                  ("ranking", self.config.ranking, RANKINGS)):
+                                  ("ranking", self.config.ranking, RANKINGS),
+                                  ("direction", self.config.direction, DIRECTIONS)):
             if value not in valid:
                 raise ConfigError(f"{self.label}: {key}={value} is not one of {', '.join(valid)}")
         if self.config.hops < 1 or self.config.facts_per_entity < 1 or self.config.max_fact_tokens < 0:
