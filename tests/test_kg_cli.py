@@ -4,6 +4,7 @@ import json
 
 import pytest
 from conftest import tessera
+from test_kg_loaders import private_cache  # noqa: F401 - a fixture: RDF files are cached in a throwaway home
 
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.cli import main
@@ -35,7 +36,7 @@ def rdf_file(tmp_path):
     return path
 
 
-def test_rdf_file_loads_exports_and_answers_queries(rdf_file, tmp_path, capsys):
+def test_rdf_file_loads_exports_and_answers_queries(rdf_file, tmp_path, capsys, private_cache):
     info = run_json(capsys, "info", str(rdf_file))
     assert (info["entities"], info["relations"], info["triples"]) == (3, 2, 3)
     assert main(["load", f"rdf:{rdf_file}", "--export", str(tmp_path / "family.nt")]) == 0
@@ -97,7 +98,7 @@ def test_embed_trains_and_reports_filtered_metrics(capsys, tmp_path):
     assert len(ranked["facts"]) == 5
 
 
-def test_user_errors_are_one_line(tmp_path, capsys):
+def test_user_errors_are_one_line(tmp_path, capsys, private_cache):
     bad = tmp_path / "bad.ttl"
     bad.write_text("@prefix ex: <http://example.org/> .\nex:a ex:b .\n")
     assert main(["info", str(bad)]) == 2

@@ -5,7 +5,8 @@ Mapping: an IRI entity keeps its IRI as key; a blank node is ``_:id`` and a lite
 Entities of graphs that did not come from RDF (WordNet synsets, GO ids) get IRIs ``urn:tessera:<graph>/entity/<key>``
 and relations ``urn:tessera:<graph>/relation/<key>``, which map back to the plain keys on import. The display
 label is written as ``rdfs:label`` and the other aliases as ``skos:altLabel``; on import the first ``rdfs:label``
-(or ``skos:prefLabel``) becomes the label and every label becomes an alias, so annotations are not edges.
+(or ``skos:prefLabel``) becomes the label and every label becomes an alias, so annotations are not edges; an
+entity with no label at all is known by its IRI's local name (``http://example.org/lyon``: ``lyon``).
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def from_rdflib(rdf_graph, name: str) -> KnowledgeGraph:
             if key not in entity_labels:
                 entity_labels[key] = str(term) if isinstance(term, Literal) else _key_label(key)
     entity_labels.update({key: text for key, (_, text) in labels.items()})
+    named = {key for _, key, _ in aliases}
+    aliases += [(label, key, 1.0) for key, label in entity_labels.items() if key not in named]
     return KnowledgeGraph.from_triples(
         name, triples, labels=entity_labels, relation_labels=relation_labels, aliases=aliases
     )

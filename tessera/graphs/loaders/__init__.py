@@ -7,8 +7,8 @@ A loader is a :class:`GraphLoader` subclass with a ``name``; plugins return load
 
 The first load of a source parses it and writes the graph's binary form under
 ``<tessera_home()>/kg/<source>-<fingerprint>/``; later loads read that (WordNet: about 30 s of parsing vs well
-under a second). The fingerprint covers the loader, its argument, its input (asset digest, file size and mtime)
-and the store format, so a changed source is parsed again.
+under a second). The fingerprint covers the loader and its version, its argument, its input (asset digest, file
+size and mtime) and the store format, so a changed source or loader is parsed again.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class GraphLoader(ABC):
     summary: ClassVar[str] = ""
     #: What the argument after ``NAME:`` is (None: the loader takes no argument).
     argument_help: ClassVar[str | None] = None
+    #: Bump when ``load()`` builds a different graph from the same input: cached graphs of older versions are stale.
+    version: ClassVar[int] = 1
 
     def __init__(self, argument: str | None = None):
         if argument and self.argument_help is None:
@@ -96,7 +98,8 @@ def cache_dir(loader: GraphLoader) -> Path:
     """Where the binary form of ``loader``'s graph lives."""
     from tessera.core.assets import tessera_home
 
-    digest = hashlib.sha256(f"{STORE_FORMAT}\0{loader.source}\0{loader.fingerprint()}".encode()).hexdigest()[:16]
+    key = f"{STORE_FORMAT}\0{loader.version}\0{loader.source}\0{loader.fingerprint()}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", loader.source)[-48:].strip("_.") or loader.name
     return tessera_home() / "kg" / f"{slug}-{digest}"
 

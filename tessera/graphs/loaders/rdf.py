@@ -15,6 +15,7 @@ class RDFLoader(GraphLoader):
     name = "rdf"
     summary = "an RDF file through rdflib (.ttl, .nt, .rdf/.owl/.xml, .jsonld); rdf:FILE[?format=turtle]"
     argument_help = "path to an RDF file"
+    version = 2  # unlabelled entities are linkable by their local name
 
     def __init__(self, argument: str | None = None):
         super().__init__(argument)
