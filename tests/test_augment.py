@@ -4,6 +4,7 @@ input passed through and counted, the cache, and Apertium's round trip."""
 import shutil
 
 import pytest
+from conftest import load_json, tessera
 
 from tessera.core.errors import ConfigError
 from tessera.plugins.augmenters import base
@@ -217,3 +218,33 @@ def test_apertium_round_trip_paraphrases_and_keeps_negations(tmp_path, monkeypat
         assert example["text"] == example["text"].lower()
         original = EXAMPLES[example["label"]::2]
         assert any(len(protected_words(o["text"])) == len(protected_words(example["text"])) for o in original)
+
+
+# --- in a composed run ---------------------------------------------------------------------------------------
+
+
+def composed_run(tmp_path, *overrides):
+    run_dir = tmp_path / "run"
+    result = tessera("train", "experiment=smoke", "data.limit_train=48", "data.limit_eval=32", *overrides,
+                     f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_json(run_dir / "run.json")["status"] == "complete"
+    return {path.stem: load_json(path) for path in (run_dir / "augment").glob("*.json")}
+
+
+@pytest.mark.slow
+def test_augmenters_chain_in_config_order_in_a_training_run(tmp_path):
+    reports = composed_run(tmp_path, "augment=[eda,kg_substitute,char_noise]", "augment.eda.copies=2")
+    assert reports["eda"]["examples_in"] == 48
+    assert reports["kg_substitute"]["examples_in"] == reports["eda"]["examples_out"]
+    assert reports["char_noise"]["examples_in"] == reports["kg_substitute"]["examples_out"]
+    assert reports["char_noise"]["examples_out"] > reports["char_noise"]["examples_in"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("apertium") is None, reason="needs Debian's apertium apertium-eng-spa")
+def test_eda_then_backtranslate_in_a_training_run(tmp_path):
+    reports = composed_run(tmp_path, "augment=[eda,backtranslate]", "augment.eda.copies=1",
+                           "augment.backtranslate.cache=false")
+    assert reports["backtranslate"]["examples_in"] == reports["eda"]["examples_out"]
+    assert reports["backtranslate"]["augmented"] > 0 and reports["backtranslate"]["cache"] == "off"

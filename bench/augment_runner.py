@@ -1,0 +1,60 @@
+"""Shared by the robustness benchmarks (``augment_lowdata.py``, ``adversarial.py``): run ``tessera train`` and
+``tessera eval`` as a user would, in a subprocess of this checkout, and read what they wrote; mean and standard
+deviation over seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def set_threads(count: int) -> None:
+    """Torch threads of every later subprocess (``OMP_NUM_THREADS``): 1 keeps a loaded machine from thrashing."""
+    ENV["OMP_NUM_THREADS"] = str(count)
+
+
+def tessera(*args: str) -> None:
+    """Run ``python -m tessera ARGS`` from this checkout; raise with the error's last lines if it fails."""
+    done = subprocess.run([sys.executable, "-m", "tessera", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"tessera {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+
+
+def train(run_dir: Path, overrides: list[str]) -> dict:
+    """Train one composition into ``run_dir``; return ``metrics.json`` plus the wall time as ``wall_seconds``."""
+    started = time.perf_counter()
+    tessera("train", *overrides, f"hydra.run.dir={run_dir}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["wall_seconds"] = time.perf_counter() - started
+    log(f"{run_dir.name}: test accuracy {metrics['test']['accuracy']:.4f} ({metrics['wall_seconds']:.0f} s)")
+    return metrics
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries only the JSON result)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def mean_std(values: list[float]) -> dict:
+    """``{"mean", "std", "values"}`` (sample standard deviation; 0 for one value)."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg()}
