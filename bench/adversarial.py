@@ -6,7 +6,8 @@ Every condition trains for the same number of optimizer steps on the same senten
 median over steps of the step time the trainer records (``batch_size / samples_per_second``), divided by the
 median of the plain run of the same seed. The attack is ``tessera eval RUN attack=synonym`` on the first
 ``--attack-examples`` test sentences with ``--query-budget`` queries each and the MiniLM similarity constraint.
-Conditions are interleaved seed by seed.
+Conditions run seed by seed (with ``--jobs`` > 1, several at once: the per-step cost ratios then share the
+machine alike, but their absolute times grow).
 
 Usage: ``.venv/bin/python bench/adversarial.py [--steps 40] [--seeds 1 2 3] [--out DIR] ...``; prints one JSON
 object on stdout.
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment_runner import log, machine, mean_std, set_threads, tessera, train
+from augment_runner import log, machine, mean_std, run_all, set_threads, tessera, train
 
 CONDITIONS = {
     "plain": ["adversary=none"],
@@ -48,33 +49,42 @@ def main() -> None:
     parser.add_argument("--query-budget", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training / attack process")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     args = parser.parse_args()
     set_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="adversarial-"))
     started = time.perf_counter()
-    found = {name: {"clean": [], "attacked": [], "success": [], "cost": [], "step_seconds": []} for name in CONDITIONS}
-    for seed in args.seeds:
-        plain_step = None
-        for name, overrides in CONDITIONS.items():
+    plan = [(seed, name) for seed in args.seeds for name in CONDITIONS]
+
+    def task(seed: int, name: str):
+        def run():
             run_dir = root / f"{name}-seed{seed}"
             metrics = train(run_dir, [
                 "model=minilm", "adapter=lora", "data=movie_reviews", f"data.limit_train={args.train_sentences}",
                 f"data.limit_eval={args.test_sentences}", f"data.max_length={args.max_length}",
                 f"trainer.batch_size={args.batch_size}", "trainer.epochs=1000", f"trainer.max_steps={args.steps}",
-                "trainer.learning_rate=1e-3", f"trainer.seed={seed}", "trainer.checkpoint_every=0", *overrides,
+                f"trainer.learning_rate={args.learning_rate}", f"trainer.seed={seed}", "trainer.checkpoint_every=0",
+                *CONDITIONS[name],
             ])
             tessera("eval", str(run_dir), "attack=synonym", f"examples={args.attack_examples}",
                     f"query_budget={args.query_budget}")
             report = json.loads((run_dir / "attack" / "synonym" / "report.json").read_text())
-            seconds = step_seconds(metrics, args.batch_size)
-            plain_step = plain_step or seconds
-            found[name]["clean"].append(metrics["test"]["accuracy"])
-            found[name]["attacked"].append(report["accuracy_under_attack"])
-            found[name]["success"].append(report["attack_success_rate"])
-            found[name]["step_seconds"].append(seconds)
-            found[name]["cost"].append(seconds / plain_step)
-            log(f"{name}-seed{seed}: under attack {report['accuracy_under_attack']:.3f}, cost x{seconds / plain_step:.2f}")
+            log(f"{name}-seed{seed}: under attack {report['accuracy_under_attack']:.3f}")
+            return metrics, report
+
+        return run
+
+    outcomes = dict(zip(plan, run_all([task(seed, name) for seed, name in plan], args.jobs)))
+    found = {name: {"clean": [], "attacked": [], "success": [], "cost": [], "step_seconds": []} for name in CONDITIONS}
+    for (seed, name), (metrics, report) in outcomes.items():
+        seconds = step_seconds(metrics, args.batch_size)
+        found[name]["clean"].append(metrics["test"]["accuracy"])
+        found[name]["attacked"].append(report["accuracy_under_attack"])
+        found[name]["success"].append(report["attack_success_rate"])
+        found[name]["step_seconds"].append(seconds)
+        found[name]["cost"].append(seconds / step_seconds(outcomes[seed, "plain"][0], args.batch_size))
     results = {
         name: {
             "clean_test_accuracy": mean_std(values["clean"]),
@@ -90,6 +100,7 @@ def main() -> None:
         "setup": {"model": "minilm + lora (r=16, all-linear)", "train_sentences": args.train_sentences,
                   "test_sentences": args.test_sentences, "optimizer_steps": args.steps,
                   "batch_size": args.batch_size, "max_length": args.max_length, "seeds": args.seeds, "threads": args.threads,
+                  "jobs": args.jobs, "learning_rate": args.learning_rate,
                   "attack": {"kind": "synonym", "examples": args.attack_examples, "query_budget": args.query_budget,
                              "similarity": "minilm >= 0.8", "max_perturbed": 0.25},
                   "conditions": CONDITIONS},

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment_runner import log, machine, mean_std, set_threads, train
+from augment_runner import log, machine, mean_std, run_all, set_threads, train
 
 CONDITIONS = {
     "none": ["augment=none"],
@@ -36,7 +36,7 @@ def base_overrides(args, seed: int) -> list[str]:
         "model=minilm", "adapter=lora", "data=movie_reviews", "data.limit_train=500",
         f"data.limit_eval={args.test_sentences}", f"data.max_length={args.max_length}",
         f"trainer.batch_size={args.batch_size}", "trainer.epochs=1000", f"trainer.max_steps={args.steps}",
-        "trainer.learning_rate=1e-3", f"trainer.seed={seed}", "trainer.checkpoint_every=0",
+        f"trainer.learning_rate={args.learning_rate}", f"trainer.seed={seed}", "trainer.checkpoint_every=0",
     ]
 
 
@@ -48,21 +48,31 @@ def main() -> None:
     parser.add_argument("--test-sentences", type=int, default=400, help="also caps validation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training / attack process")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     args = parser.parse_args()
     set_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="augment-lowdata-"))
     started = time.perf_counter()
-    found: dict[str, dict[str, list]] = {name: {"accuracy": [], "examples": [], "seconds": []} for name in CONDITIONS}
-    for seed in args.seeds:
-        for name, overrides in CONDITIONS.items():
+    plan = [(seed, name) for seed in args.seeds for name in CONDITIONS]
+
+    def task(seed: int, name: str):
+        def run():
             run_dir = root / f"{name}-seed{seed}"
-            metrics = train(run_dir, base_overrides(args, seed) + overrides)
+            metrics = train(run_dir, base_overrides(args, seed) + CONDITIONS[name])
             reports = list((run_dir / "augment").glob("*.json"))
             examples = json.loads(reports[0].read_text())["examples_out"] if reports else 500
-            found[name]["accuracy"].append(metrics["test"]["accuracy"])
-            found[name]["examples"].append(examples)
-            found[name]["seconds"].append(metrics["wall_seconds"])
+            return metrics["test"]["accuracy"], examples, metrics["wall_seconds"]
+
+        return run
+
+    outcomes = run_all([task(seed, name) for seed, name in plan], args.jobs)
+    found: dict[str, dict[str, list]] = {name: {"accuracy": [], "examples": [], "seconds": []} for name in CONDITIONS}
+    for (seed, name), (accuracy, examples, seconds) in zip(plan, outcomes):
+        found[name]["accuracy"].append(accuracy)
+        found[name]["examples"].append(examples)
+        found[name]["seconds"].append(seconds)
     baseline = mean_std(found["none"]["accuracy"])["mean"]
     results = {
         name: {
@@ -78,6 +88,7 @@ def main() -> None:
         "setup": {"model": "minilm + lora (r=16, all-linear)", "train_sentences": 500,
                   "test_sentences": args.test_sentences, "optimizer_steps": args.steps,
                   "batch_size": args.batch_size, "max_length": args.max_length, "seeds": args.seeds, "threads": args.threads,
+                  "jobs": args.jobs, "learning_rate": args.learning_rate,
                   "conditions": {name: overrides for name, overrides in CONDITIONS.items()}},
         "results": results,
         "total_seconds": time.perf_counter() - started,

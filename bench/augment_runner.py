@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +39,13 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     metrics["wall_seconds"] = time.perf_counter() - started
     log(f"{run_dir.name}: test accuracy {metrics['test']['accuracy']:.4f} ({metrics['wall_seconds']:.0f} s)")
     return metrics
+
+
+def run_all(tasks: list, jobs: int) -> list:
+    """Call every task (a function of no arguments) with ``jobs`` of them running at once, in list order; return
+    their results in that order. Tasks are listed seed by seed, so the conditions of a seed run side by side."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda task: task(), tasks))
 
 
 def log(message: str) -> None:

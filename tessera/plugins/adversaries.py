@@ -264,8 +264,9 @@ class Vat(EmbeddingAdversary):
 
     @staticmethod
     def _logits(step):
-        inputs = {key: step.batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in step.batch}
-        return step.model(**inputs).logits.float()
+        from tessera.core.batching import model_inputs
+
+        return step.model(**model_inputs(step.batch)).logits.float()
 
     @staticmethod
     def _divergence(clean_logits, logits, mask):

@@ -78,7 +78,7 @@ def load_run(run_dir: Path, split: str):
 def evaluate(run_dir: Path, config: AttackConfig) -> dict:
     """Run the attacks of ``config`` on ``run_dir``'s export; write and return ``{attack: report}``."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from tessera.core.files import atomic_directory
     from tessera.robustness.attacks import GreedyAttack, SentenceEncoder, Victim, summarize
@@ -86,6 +86,12 @@ def evaluate(run_dir: Path, config: AttackConfig) -> dict:
     kinds = attacks_of(config)
     cfg, export, splits, examples = load_run(run_dir, config.split)
     examples = examples[: config.examples]
+    architectures = AutoConfig.from_pretrained(export).architectures or []
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise DataError(
+            f"{export} is a {', '.join(architectures) or 'model'} without a classification head: tessera eval "
+            "attacks classifiers (runs trained with objective=classification)"
+        )
     model = AutoModelForSequenceClassification.from_pretrained(export, dtype=torch.float32)
     exported = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if exported != list(splits.labels):
