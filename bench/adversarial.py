@@ -26,9 +26,9 @@ from augment_runner import log, machine, mean_std, run_all, set_threads, tessera
 
 CONDITIONS = {
     "plain": ["adversary=none"],
-    "fgm": ["adversary=fgm", "adversary.fgm.epsilon=1.0"],
-    "pgd": ["adversary=pgd", "adversary.pgd.epsilon=1.0", "adversary.pgd.step_size=0.5", "adversary.pgd.steps=2"],
-    "freelb": ["adversary=freelb", "adversary.freelb.epsilon=1.0", "adversary.freelb.step_size=0.5",
+    "fgm": ["adversary=fgm", "adversary.fgm.epsilon=0.2"],
+    "pgd": ["adversary=pgd", "adversary.pgd.epsilon=0.2", "adversary.pgd.step_size=0.1", "adversary.pgd.steps=2"],
+    "freelb": ["adversary=freelb", "adversary.freelb.epsilon=0.2", "adversary.freelb.step_size=0.1",
                "adversary.freelb.steps=2"],
 }
 
@@ -68,9 +68,11 @@ def main() -> None:
                 f"trainer.learning_rate={args.learning_rate}", f"trainer.seed={seed}", "trainer.checkpoint_every=0",
                 *CONDITIONS[name],
             ])
-            tessera("eval", str(run_dir), "attack=synonym", f"examples={args.attack_examples}",
-                    f"query_budget={args.query_budget}")
-            report = json.loads((run_dir / "attack" / "synonym" / "report.json").read_text())
+            report_file = run_dir / "attack" / "synonym" / "report.json"
+            if not report_file.is_file():
+                tessera("eval", str(run_dir), "attack=synonym", f"examples={args.attack_examples}",
+                        f"query_budget={args.query_budget}")
+            report = json.loads(report_file.read_text())
             log(f"{name}-seed{seed}: under attack {report['accuracy_under_attack']:.3f}")
             return metrics, report
 

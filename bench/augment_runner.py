@@ -32,8 +32,14 @@ def tessera(*args: str) -> None:
 
 
 def train(run_dir: Path, overrides: list[str]) -> dict:
-    """Train one composition into ``run_dir``; return ``metrics.json`` plus the wall time as ``wall_seconds``."""
+    """Train one composition into ``run_dir``; return ``metrics.json`` plus the wall time as ``wall_seconds``.
+    A run already complete in ``run_dir`` (a benchmark restarted with the same ``--out``) is reused as it is."""
     started = time.perf_counter()
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics["wall_seconds"] = metrics["seconds"]["total"]
+        log(f"{run_dir.name}: reused")
+        return metrics
     tessera("train", *overrides, f"hydra.run.dir={run_dir}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["wall_seconds"] = time.perf_counter() - started

@@ -111,15 +111,16 @@ def projected(delta, epsilon: float):
 class PerturbationConfig(TechniqueConfig):
     """Size of the embedding perturbation."""
 
-    #: Radius of the perturbation (L2 norm per example, over all its tokens' embeddings).
-    epsilon: float = 1.0
+    #: Radius of the perturbation (L2 norm per example, over all its tokens' embeddings). A MiniLM / BERT word
+    #: embedding has a norm of about 1, so 1.0 can wipe out the most important token: 0.2 is a strong default.
+    epsilon: float = 0.2
 
 
 @dataclass
 class MultiStepConfig(PerturbationConfig):
     """A perturbation found in several ascent steps."""
 
-    step_size: float = 0.3
+    step_size: float = 0.08
     steps: int = 3
 
 

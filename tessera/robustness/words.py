@@ -8,8 +8,9 @@ from __future__ import annotations
 import random
 import re
 
-#: A word: letters (any script), with inner apostrophes ("isn't", "director's").
-_WORD = re.compile(r"([^\W\d_]+(?:['’][^\W\d_]+)*)")
+#: A word: letters (any script), with inner apostrophes ("isn't", "director's"), not glued to digits or
+#: underscores ("21st" and "mp3" are not words and stay as they are).
+_WORD = re.compile(r"(?<![\w'’])([^\W\d_]+(?:['’][^\W\d_]+)*)(?![\w'’])")
 
 #: Words that EDA and the attacks never replace, insert next to as a synonym source, or rank (Wei & Zou's list).
 STOP_WORDS = frozenset(
