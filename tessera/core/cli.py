@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import json
+import os
 import sys
 
 import tessera
@@ -51,6 +53,13 @@ def _explain(error: Exception, overrides: list[str]) -> str:
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
         group, _, name = error.missing_cfg_file.rpartition("/")
         return f"unknown {group or 'config'} '{name}': choose one of {', '.join(sorted(error.options))}"
+    missing = re.search(r"Could not load '([^'/]+)/([^']+)'", str(error))
+    if missing:
+        from hydra.core.config_store import ConfigStore
+
+        group, name = missing.groups()
+        options = sorted(key.removesuffix(".yaml") for key in ConfigStore.instance().repo.get(group, {}))
+        return f"unknown {group} '{name}': choose one of {', '.join(options)}"
     cause = error.__cause__
     key = getattr(cause, "full_key", None)
     if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
@@ -106,8 +115,11 @@ def train(overrides: list[str]) -> int:
     import hydra
 
     from tessera.core.pipeline import run_job
+    from tessera.core.plugins import get_plugins
 
     prepare_hydra()
+    for failure in get_plugins().failures:
+        print(f"warning: skipped plugin {failure.name}: {failure.error} (see `tessera plugins`)", file=sys.stderr)
     if not _HYDRA_INFO_FLAGS.intersection(overrides):
         try:
             validate(overrides, multirun=bool({"-m", "--multirun"}.intersection(overrides)))
@@ -188,3 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         return show_plugins(args.json)
     except TesseraError as error:
         _fail(error)
+    except BrokenPipeError:  # `tessera plugins | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

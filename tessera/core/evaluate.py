@@ -60,6 +60,8 @@ def mean_loss(run, objective, model, tokenizer, examples: list[dict]) -> float:
 def evaluate_objectives(run, model, tokenizer, examples: list[dict], split: str) -> dict:
     """The metrics of every objective of the run on ``examples``; with several objectives each metric is
     prefixed by the objective's name (``mlm_loss``, ``nsp_accuracy``)."""
+    if not examples:
+        return {}
     objectives = run.composition.selected("objective")
     metrics = {}
     for objective in objectives:

@@ -31,7 +31,10 @@ def prepare(cfg: DictConfig, run_dir: Path | None, check_model: bool = True) -> 
     """Validate the whole composition (techniques, data, assets) and return the run; no heavy work.
 
     ``check_model=False`` skips the base-model check (a stage whose model is the previous stage's export)."""
+    from tessera.core.trainer import check_trainer
+
     composition = compose(cfg)
+    check_trainer(cfg.trainer)
     splits = load_splits(cfg.data, labelled=composition.needs_labels)
     if check_model:
         pretrained_path(cfg.model)
@@ -84,10 +87,12 @@ def execute(run: Run, splits: Splits) -> dict:
             for retriever in run.composition.selected("kg"):
                 model = retriever.attach(model, run)
         with _stage("train", timings):
-            trainer = Trainer(
-                run, model, items, tokenizer,
-                validate=lambda trained: evaluate_objectives(run, trained, tokenizer, validation, "validation"),
-            )
+            def validate(trained) -> dict:
+                metrics = evaluate_objectives(run, trained, tokenizer, validation, "validation")
+                run.emit("evaluation", split="validation", metrics=metrics)
+                return metrics
+
+            trainer = Trainer(run, model, items, tokenizer, validate)
             model = trainer.fit()
         with _stage("evaluate", timings):
             metrics = evaluate_objectives(run, model, tokenizer, test, "test")

@@ -133,9 +133,10 @@ def _build(objects: dict[str, object], infos: dict[str, PluginInfo], failures: l
             if unknown:
                 raise PluginError(f"implements unknown hooks {unknown}; see docs/plugins.md for the hook names")
             for family, hook_name in FAMILY_HOOKS.items():
-                impl = getattr(obj, hook_name, None)
-                for cls in impl() if impl else []:
-                    plugins.registry.add(family, cls, name)
+                for impl in getattr(manager.hook, hook_name).get_hookimpls():
+                    if impl.plugin is obj:
+                        for cls in impl.function() or []:
+                            plugins.registry.add(family, cls, name)
         except Exception as error:
             if manager.is_registered(obj):
                 manager.unregister(obj)

@@ -71,6 +71,39 @@ def resolve_device(trainer_cfg) -> tuple[str, str]:
     return device, {"fp32": "no"}.get(precision, precision)
 
 
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+def check_trainer(trainer_cfg) -> None:
+    """Refuse trainer settings that cannot work, before any heavy work (device, precision, schedule, sizes)."""
+    resolve_device(trainer_cfg)
+    if trainer_cfg.scheduler not in SCHEDULERS:
+        raise ConfigError(f"trainer.scheduler={trainer_cfg.scheduler} is not one of {', '.join(SCHEDULERS)}")
+    for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps"):
+        if trainer_cfg[key] < 1:
+            raise ConfigError(f"trainer.{key}={trainer_cfg[key]} must be at least 1")
+    if trainer_cfg.epochs < 0 or (trainer_cfg.max_steps is not None and trainer_cfg.max_steps < 0):
+        raise ConfigError("trainer.epochs and trainer.max_steps must not be negative")
+
+
+def config_fingerprint(cfg) -> dict:
+    """The resolved config of a run as flat ``{dotted key: value}``, without ``resume``: what a resume must match."""
+    from omegaconf import OmegaConf
+
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    flat.pop("resume", None)
+    return flat
+
+
 def planned_steps(trainer_cfg, train_examples: int) -> int:
     """The optimizer steps of a run: ``trainer.max_steps``, or epochs x steps per epoch."""
     batches_per_epoch = math.ceil(train_examples / trainer_cfg.batch_size)
@@ -172,6 +205,8 @@ class Trainer:
         """Train to the end (from the last checkpoint when ``resume=true``) and return the unwrapped model."""
         if self.run.cfg.resume:
             self._restore()
+        else:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)  # an earlier run's, in a reused directory
         self.run.start_step = self.global_step
         self.run.emit("run_start")
         accumulation = self.cfg.gradient_accumulation_steps
@@ -242,7 +277,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "position": {"global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done},
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "total_steps": self.run.total_steps,
+            "config": config_fingerprint(self.run.cfg),
             "history": self.history,
         }
         torch.save(state, partial / CHECKPOINT_FILE)
@@ -263,10 +298,13 @@ class Trainer:
         if not found:
             return
         state = torch.load(found[-1] / CHECKPOINT_FILE, weights_only=False)
-        if state["total_steps"] != self.run.total_steps:
+        current = config_fingerprint(self.run.cfg)
+        changed = sorted(k for k in state["config"].keys() | current.keys() if state["config"].get(k) != current.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {state['config'].get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
             raise ConfigError(
-                f"the checkpoint {found[-1]} was written for {state['total_steps']} steps, this config makes "
-                f"{self.run.total_steps}: resume with the run's own config (no trainer overrides)"
+                f"the checkpoint {found[-1]} was written with another config ({shown}): "
+                "resume with the same overrides as the original run"
             )
         parameters = dict(self.accelerator.unwrap_model(self.model).named_parameters())
         with torch.no_grad():

@@ -37,6 +37,8 @@ def tessera_epoch_end(run, epoch, metrics):
 
 @hookimpl
 def tessera_evaluation(run, split, metrics):
+    if split != "test":
+        return  # validation metrics are shown at each epoch's end
     from rich.console import Console
 
     shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
