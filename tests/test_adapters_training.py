@@ -201,3 +201,29 @@ def test_lora_loss_falls_on_a_batch_it_sees_again_and_again(train):
     run_dir, _ = train("adapter=lora", *overrides)
     losses = [step["loss"] for step in load_json(run_dir / "metrics.json")["train"]]
     assert np.median(losses[-10:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def test_decoder_lora_run_exports_an_adapter_vllm_serves_unmerged(train):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tessera.core.models import load_model
+
+    overrides = ("model=tiny_llama", "objective=clm", "adapter=lora", "adapter.lora.r=8")
+    run_dir, recorder = train(*overrides)
+    assert recorder.trained[1] and all(".lora_" in name for name in recorder.trained[1])
+    adapter = run_dir / "export" / "adapters" / "lora"
+    config = load_json(adapter / "adapter_config.json")
+    assert config["task_type"] == "CAUSAL_LM" and not config["modules_to_save"] and not config["use_dora"]
+    card = (run_dir / "export" / "README.md").read_text()
+    assert "adapters/lora is served unmerged by vLLM: --enable-lora --lora-modules lora=export/adapters/lora" in card
+
+    cfg = compose_config([*RUN, *overrides])
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "export")
+    base = load_model(cfg.model, "causal-lm", [], tokenizer, cfg.trainer.seed)
+    unmerged = PeftModel.from_pretrained(base, adapter).eval()
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "export").eval()
+    batch = tokenizer(["A film of rare beauty."], return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(unmerged(**batch).logits, merged(**batch).logits, atol=1e-4, rtol=1e-4)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from tessera.plugins.adapters.peft_base import PeftAdapter, peft_targets
 from tessera.core.techniques import TechniqueConfig
+from tessera.plugins.adapters.peft_base import PeftAdapter, peft_targets
 
 
 @dataclass
