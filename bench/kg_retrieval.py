@@ -14,8 +14,8 @@ returns the set of entities within two hops (either direction) of them:
 
 Every query checks that the three node sets are equal. The contenders alternate per query (rotating which goes
 first), each call starting after a garbage collection (rdflib leaves much garbage that would otherwise be collected
-during whichever call comes next); p50 / p99 latencies and their ratios are reported. ``full_retrieval`` adds tessera's whole retrieval
-(linking, 2 hops, personalized PageRank, 20-fact budget) for reference.
+during whichever call comes next); p50 / p99 latencies and their ratios are reported. ``full_retrieval`` adds
+tessera's whole retrieval (linking, 2 hops, personalized PageRank, 20-fact budget) for reference.
 
 Usage: ``.venv/bin/python bench/kg_retrieval.py [--queries N]``; one JSON object on stdout, progress on stderr.
 """

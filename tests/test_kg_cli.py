@@ -7,6 +7,7 @@ from conftest import tessera
 from test_kg_loaders import private_cache  # noqa: F401 - a fixture: RDF files are cached in a throwaway home
 
 from tessera.core.assets import MANIFEST, tessera_home
+from tessera.core.cli import main as tessera_main
 from tessera.graphs.cli import main
 
 REAL_HOME = tessera_home()
@@ -101,13 +102,16 @@ def test_embed_trains_and_reports_filtered_metrics(capsys, tmp_path):
 def test_user_errors_are_one_line(tmp_path, capsys, private_cache):
     bad = tmp_path / "bad.ttl"
     bad.write_text("@prefix ex: <http://example.org/> .\nex:a ex:b .\n")
-    assert main(["info", str(bad)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {bad} line 2: not valid turtle RDF")
-    assert main(["info", "dbpedia"]) == 2 and "unknown graph source 'dbpedia'" in capsys.readouterr().err
-    assert main(["query", "pykeen:nations"]) == 2
-    assert "needs TEXT, --entity KEY or --sparql QUERY" in capsys.readouterr().err
-    assert main(["embed", "pykeen:nations", "--model", "transh"]) == 2
-    assert "unknown KGE model 'transh'" in capsys.readouterr().err
+    for argv, message in (
+        (["info", str(bad)], f"error: {bad} line 2: not valid turtle RDF"),
+        (["info", "dbpedia"], "error: unknown graph source 'dbpedia'"),
+        (["query", "pykeen:nations"], "error: tessera kg query needs TEXT, --entity KEY or --sparql QUERY"),
+        (["embed", "pykeen:nations", "--model", "transh"], "error: unknown KGE model 'transh'"),
+    ):
+        with pytest.raises(SystemExit, match="2"):
+            tessera_main(["kg", *argv])
+        error = capsys.readouterr().err
+        assert error.startswith(message) and error.count("\n") == 1
 
 
 def test_the_kg_verb_is_on_the_tessera_command_line():

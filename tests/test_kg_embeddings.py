@@ -33,17 +33,16 @@ def brute_force_ranks(scorer, graph, split):
     import torch
 
     known = {tuple(t) for t in graph.triples.tolist()}
+
+    def score(triple):
+        return float(scorer.score(*(torch.tensor([x]) for x in triple)))
+
     ranks = []
     for h, r, t in graph.split(split).tolist():
         for side in ("head", "tail"):
-            def score(e):
-                triple = (e, r, t) if side == "head" else (h, r, e)
-                return float(scorer.score(*(torch.tensor([x]) for x in triple)))
-
-            true = h if side == "head" else t
-            true_score = score(true)
-            others = [score(e) for e in range(graph.num_entities) if e != true
-                      and ((e, r, t) if side == "head" else (h, r, e)) not in known]
+            candidates = [(e, r, t) if side == "head" else (h, r, e) for e in range(graph.num_entities)]
+            true_score = score((h, r, t))
+            others = [score(c) for c in candidates if c != (h, r, t) and c not in known]
             better = sum(s > true_score for s in others)
             tied = sum(s == true_score for s in others)
             ranks.append(1 + better + tied / 2)

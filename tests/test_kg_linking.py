@@ -112,7 +112,6 @@ def test_symmetric_facts_appear_once(zoo):
     result = Retriever(zoo, hops=1).retrieve(entities=["money"])
     pairs = [frozenset((h, t)) for h, _, t in result.keys()]
     assert len(pairs) == len(set(zip(pairs, [r for _, r, _ in result.keys()])))
-    assert ("money", "related_to", "bank_money") in result.keys() or ("bank_money", "related_to", "money") in result.keys()
     assert len([p for p in pairs if p == frozenset(("money", "bank_money"))]) == 1
 
 

@@ -147,7 +147,8 @@ def test_third_party_loader_plugin_on_the_command_line(tmp_path):
     env = {"PYTHONPATH": str(tmp_path / "site"), "TESSERA_HOME": str(tmp_path / "home")}
     result = tessera("kg", "info", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    assert {"name": "chain", "summary": "a chain of N nodes", "argument": "length"} in json.loads(result.stdout)["loaders"]
+    loaders = json.loads(result.stdout)["loaders"]
+    assert {"name": "chain", "summary": "a chain of N nodes", "argument": "length"} in loaders
     result = tessera("kg", "info", "chain:5", "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["triples"] == 5

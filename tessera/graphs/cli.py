@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
-from tessera.core.errors import TesseraError
+from tessera.core.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,13 +60,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``tessera kg`` with ``argv``; user errors print one line and exit with status 2."""
+    """Run ``tessera kg`` with ``argv``. User errors raise a ``TesseraError``, which ``tessera`` prints as one
+    line before exiting with status 2."""
     args = _parser().parse_args(argv)
-    try:
-        return {"info": info, "load": load, "query": query, "embed": embed}[args.command](args)
-    except TesseraError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return {"info": info, "load": load, "query": query, "embed": embed}[args.command](args)
 
 
 def _print(payload: dict, as_json: bool, lines: list[str]) -> None:
@@ -147,14 +143,14 @@ def query(args) -> int:
         _print({"rows": rows}, args.json, ["\t".join(str(v) for v in row.values()) for row in rows])
         return 0
     if not args.text and not args.entity:
-        raise TesseraError("tessera kg query needs TEXT, --entity KEY or --sparql QUERY")
+        raise ConfigError("tessera kg query needs TEXT, --entity KEY or --sparql QUERY")
     from tessera.graphs.linking import EntityLinker
     from tessera.graphs.retrieval import Retriever
 
     embeddings = None
     if args.ranking == "embedding":
         if not args.embeddings:
-            raise TesseraError("--ranking embedding needs --embeddings FILE (write one with `tessera kg embed`)")
+            raise ConfigError("--ranking embedding needs --embeddings FILE (write one with `tessera kg embed`)")
         from tessera.graphs.embeddings import TrainedEmbeddings
 
         embeddings = TrainedEmbeddings.load(args.embeddings).entities

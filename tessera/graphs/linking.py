@@ -77,6 +77,7 @@ class EntityLinker:
         self.disambiguation = disambiguation
         self.stopwords = stopwords
         self.min_length = min_length
+        self._lemmas: dict[str, tuple[str, ...]] = {}
         self.index = self._build_index()
         #: The most tokens of an alias starting with each first word: bounds the longest match tried.
         self.max_tokens: dict[str, int] = {}
@@ -112,17 +113,20 @@ class EntityLinker:
 
         return wordnet().morphy
 
-    @functools.lru_cache(maxsize=65536)
     def lemmas(self, token: str) -> tuple[str, ...]:
-        """The WordNet base forms of ``token`` other than itself (any part of speech); none without lemmatization."""
+        """The WordNet base forms of ``token`` other than itself (any part of speech); none without lemmatization.
+        Memoised per linker."""
         if not self.lemmatize:
             return ()
-        forms = []
-        for pos in ("n", "v", "a", "r"):
-            form = self._morphy(token, pos)
-            if form and form != token and form not in forms:
-                forms.append(form)
-        return tuple(forms)
+        forms = self._lemmas.get(token)
+        if forms is None:
+            found = []
+            for pos in ("n", "v", "a", "r"):
+                form = self._morphy(token, pos)
+                if form and form != token and form not in found:
+                    found.append(form)
+            forms = self._lemmas[token] = tuple(found)
+        return forms
 
     def _spellings(self, words: list[str]) -> list[str]:
         """Alias keys to try for a span of folded ``words``: as written, then with lemmatized words."""

@@ -222,7 +222,9 @@ class KnowledgeGraph:
             )
             for h, r, t in triples
         ]
-        alias_rows = [(alias, entity_ids.setdefault(key, len(entity_ids)), prior) for alias, key, prior in aliases or []]
+        alias_rows = [
+            (alias, entity_ids.setdefault(key, len(entity_ids)), prior) for alias, key, prior in aliases or []
+        ]
         entities, relations = list(entity_ids), list(relation_ids)
         return cls(
             name,
@@ -439,7 +441,8 @@ class KnowledgeGraph:
             "triples": self.triples,
             "alias_entities": self.alias_entities,
             "alias_priors": self.alias_priors,
-            **{f"adjacency_{part}": getattr(self.adjacency, part) for part in ("indptr", "neighbors", "edges", "forward")},
+            **{f"adjacency_{part}": getattr(self.adjacency, part)
+               for part in ("indptr", "neighbors", "edges", "forward")},
             **{f"split_{name}": indices for name, indices in self.splits.items()},
         }
         strings = {

@@ -113,7 +113,9 @@ def build_injector(config: TextInjectionConfig, tokenizer=None, max_length: int 
     from tessera.graphs.retrieval import Retriever
 
     linker = _linker(config)
-    embeddings = cached_embeddings(config.graph, _kge_config(config)).entities if config.ranking == "embedding" else None
+    embeddings = None
+    if config.ranking == "embedding":
+        embeddings = cached_embeddings(config.graph, _kge_config(config)).entities
     retriever = Retriever(linker.graph, hops=config.hops, relations=list(config.relations),
                           max_facts=_RANKED_FACTS, ranking=config.ranking, embeddings=embeddings, linker=linker,
                           direction=config.direction)
@@ -254,7 +256,8 @@ class WordNetFusion(KGRetriever):
             f"`{self.config.graph}` graph, projected and added to the input embeddings of linked tokens at run time.",
             "That cannot be expressed as a plain transformers model or folded into its weights, so this directory's",
             "`model.safetensors` is the encoder WITHOUT the fusion: `from_pretrained` loads it anywhere, but its",
-            f"predictions differ from the evaluated model. The fusion is in `{FUSION_DIR}/`; load the fused model with:",
+            f"predictions differ from the evaluated model. The fusion is in `{FUSION_DIR}/`; load the fused model",
+            "with:",
             "",
             "```python",
             "from tessera.graphs.fusion import load_fused",
