@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tessera(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900):
+def tessera(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 2400):
     """Run ``python -m tessera ARGS`` offline; return the completed process (never raises on failure)."""
     return subprocess.run(
         [sys.executable, "-m", "tessera", *args],
