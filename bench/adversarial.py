@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--attack-examples", type=int, default=100)
     parser.add_argument("--query-budget", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training / attack process")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -56,7 +57,8 @@ def main() -> None:
     set_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="adversarial-"))
     started = time.perf_counter()
-    plan = [(seed, name) for seed in args.seeds for name in CONDITIONS]
+    conditions = {name: CONDITIONS[name] for name in ["plain", *args.conditions] if name in CONDITIONS}
+    plan = [(seed, name) for seed in args.seeds for name in conditions]
 
     def task(seed: int, name: str):
         def run():
@@ -66,7 +68,7 @@ def main() -> None:
                 f"data.limit_eval={args.test_sentences}", f"data.max_length={args.max_length}",
                 f"trainer.batch_size={args.batch_size}", "trainer.epochs=1000", f"trainer.max_steps={args.steps}",
                 f"trainer.learning_rate={args.learning_rate}", f"trainer.seed={seed}", "trainer.checkpoint_every=0",
-                *CONDITIONS[name],
+                *conditions[name],
             ])
             report_file = run_dir / "attack" / "synonym" / "report.json"
             if not report_file.is_file():
@@ -79,7 +81,7 @@ def main() -> None:
         return run
 
     outcomes = dict(zip(plan, run_all([task(seed, name) for seed, name in plan], args.jobs)))
-    found = {name: {"clean": [], "attacked": [], "success": [], "cost": [], "step_seconds": []} for name in CONDITIONS}
+    found = {name: {"clean": [], "attacked": [], "success": [], "cost": [], "step_seconds": []} for name in conditions}
     for (seed, name), (metrics, report) in outcomes.items():
         seconds = step_seconds(metrics, args.batch_size)
         found[name]["clean"].append(metrics["test"]["accuracy"])
@@ -105,7 +107,7 @@ def main() -> None:
                   "jobs": args.jobs, "learning_rate": args.learning_rate,
                   "attack": {"kind": "synonym", "examples": args.attack_examples, "query_budget": args.query_budget,
                              "similarity": "minilm >= 0.8", "max_perturbed": 0.25},
-                  "conditions": CONDITIONS},
+                  "conditions": conditions},
         "results": results,
         "total_seconds": time.perf_counter() - started,
         "machine": machine(),
