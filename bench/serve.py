@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tessera.core.assets import asset_path
-from tessera.serving.launcher import MIDDLEWARE, free_port, scratch_directory, server_command, vllm_environment
+from tessera.serving.launcher import MIDDLEWARE, free_port, server_command, vllm_environment
 from tessera.serving.settings import load_settings
 from tessera.serving.target import resolve
 
@@ -185,6 +185,13 @@ class TransformersGenerator:
         return summary(latencies, tokens, time.perf_counter() - started)
 
 
+def progress(result: dict, name: str) -> dict:
+    """Print one measurement on stderr as it lands (a run takes minutes) and return it."""
+    print(f"{time.strftime('%H:%M:%S')} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()),
+          file=sys.stderr, flush=True)
+    return result
+
+
 def medians(rounds: list[dict]) -> dict:
     """The per-key median over rounds of nested ``{name: {metric: value}}`` dicts."""
     names = rounds[0].keys()
@@ -234,7 +241,7 @@ def classification(args, rounds: int) -> dict:
                             post(f"{server.url}/classify", {"input": texts[first:first + 32]})
                     else:
                         classifier(texts)
-                    result[name] = {"sentences_per_s": len(texts) / (time.perf_counter() - started)}
+                    result[name] = progress({"sentences_per_s": len(texts) / (time.perf_counter() - started)}, name)
                 measured.append(result)
         finally:
             server.stop()
@@ -263,12 +270,11 @@ def generation(args, rounds: int) -> dict:
             result = {}
             for name, server in order:
                 for concurrency in REQUESTS:
-                    result[f"{name}_c{concurrency}"] = load(server.url, "smollm2", concurrency)
-            result["transformers_one_at_a_time"] = generator.one_at_a_time()
-            result["transformers_batched_8"] = generator.batched()
+                    result[f"{name}_c{concurrency}"] = progress(load(server.url, "smollm2", concurrency),
+                                                                f"{name}_c{concurrency}")
+            result["transformers_one_at_a_time"] = progress(generator.one_at_a_time(), "transformers_one_at_a_time")
+            result["transformers_batched_8"] = progress(generator.batched(), "transformers_batched_8")
             measured.append(result)
-            print(f"round {index + 1}/{rounds}: " + ", ".join(
-                f"{k} {v['tokens_per_s']:.1f}" for k, v in result.items()), file=sys.stderr)
     finally:
         for server in servers.values():
             server.stop()
@@ -276,7 +282,8 @@ def generation(args, rounds: int) -> dict:
     tokens = {name: values["tokens_per_s"] for name, values in table.items()}
     ratios = {f"serve_vs_bare_vllm_c{c}": round(tokens[f"tessera_serve_c{c}"] / tokens[f"bare_vllm_c{c}"], 3)
               for c in REQUESTS}
-    ratios["serve_c8_vs_transformers_batched_8"] = round(tokens["tessera_serve_c8"] / tokens["transformers_batched_8"], 3)
+    ratios["serve_c8_vs_transformers_batched_8"] = round(
+        tokens["tessera_serve_c8"] / tokens["transformers_batched_8"], 3)
     ratios["serve_c1_vs_transformers_one_at_a_time"] = round(
         tokens["tessera_serve_c1"] / tokens["transformers_one_at_a_time"], 3)
     return {**table, "ratios": ratios}
@@ -306,17 +313,21 @@ def sweep(args, rounds: int) -> dict:
         measured = []
         for index in range(rounds):
             names = list(servers) if index % 2 == 0 else list(reversed(servers))
-            result = {f"{name}_c{c}": load(servers[name].url, "smollm2", c) for name in names for c in (1, 8)}
+            result = {f"{name}_c{c}": progress(load(servers[name].url, "smollm2", c), f"{name}_c{c}")
+                      for name in names for c in (1, 8)}
             measured.append(result)
-            print(f"round {index + 1}/{rounds}: " + ", ".join(
-                f"{k} {v['tokens_per_s']:.1f}" for k, v in result.items()), file=sys.stderr)
     finally:
         for server in servers.values():
             server.stop()
     return medians(measured)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # so the servers' finally blocks run under `timeout` too
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")

@@ -67,7 +67,8 @@ class Served:
             self.output.append(self.lines.get())
         output = "".join(self.output)
         assert "tessera serve: stopped" in output, output[-2000:]
-        assert self.server_pids and not [p for p in Path("/proc").glob("[0-9]*") if process_group(p) in self.server_pids]
+        left = [p for p in Path("/proc").glob("[0-9]*") if process_group(p) in self.server_pids]
+        assert self.server_pids and not left, left
         assert not list(self.scratch.iterdir()), list(self.scratch.iterdir())
         self.scratch.rmdir()
         return output
@@ -120,7 +121,7 @@ def test_a_directory_that_holds_no_model(tmp_path):
 
 def test_an_architecture_that_is_not_served(tmp_path):
     write_config(tmp_path / "encoder", architectures=["BertModel"], hidden_size=64, num_attention_heads=2)
-    fails_in_one_line(tessera("serve", str(tmp_path / "encoder")), "holds a BertModel, which tessera serve does not serve")
+    fails_in_one_line(tessera("serve", str(tmp_path / "encoder")), "holds a BertModel, which tessera serve does not")
 
 
 def test_attention_heads_too_narrow_for_vllm_on_cpu(tmp_path):

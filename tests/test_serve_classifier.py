@@ -70,7 +70,8 @@ def test_probabilities_through_the_openai_client_equal_the_in_process_model(serv
 
 def test_probabilities_over_plain_http_equal_what_the_run_predicted(server, sentences):
     texts, expected = sentences
-    status, answer = post(f"{server.url}/classify", json.dumps({"model": "tiny-movie_reviews", "input": texts}).encode())
+    body = json.dumps({"model": "tiny-movie_reviews", "input": texts}).encode()
+    status, answer = post(f"{server.url}/classify", body)
     assert status == 200
     np.testing.assert_allclose([item["probs"] for item in answer["data"]], expected, atol=1e-4)
 

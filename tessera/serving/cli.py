@@ -22,24 +22,24 @@ def _overrides(args) -> list[str]:
     return [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.settings)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _settings_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
                         help="serve settings (dtype=float32, max_num_seqs=16...; see docs/serving.md)")
-    parser.add_argument("--name", help="served model name")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 @contextmanager
-def _sigterm_stops():
-    """Turn SIGTERM into KeyboardInterrupt while the block runs, so both stop the server the same way."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+def _signals(handler):
+    """Handle SIGINT and SIGTERM with ``handler`` while the block runs."""
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def serve(argv: list[str]) -> int:
@@ -54,7 +54,8 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY'")
     parser.add_argument("--verbose", action="store_true", help="show vLLM's own output")
-    _common(parser)
+    parser.add_argument("--name", help="the served model name")
+    _settings_argument(parser)
     args = parser.parse_intermixed_args(argv)
     settings = load_settings(run_config(args.path), _overrides(args))
     target = resolve(args.path, name=settings.name, merged=settings.merged)
@@ -62,16 +63,17 @@ def serve(argv: list[str]) -> int:
     for note in target.notes:
         print(f"tessera serve: {note}", flush=True)
     server = VllmServer(target, settings, verbose=args.verbose, echo=lambda line: print(line, flush=True))
-    with _sigterm_stops():
-        try:
+    try:
+        with _signals(_interrupt):  # Ctrl-C and SIGTERM stop the server the same way
             server.start()
             print(f"tessera serve: ready at {server.url} models: {', '.join(server.models())} "
                   f"({ROUTES[target.kind]}; GET /metrics); Ctrl-C stops", flush=True)
             status = server.wait()
-            raise ServeError(f"vLLM stopped by itself (exit status {status}): run with --verbose to see why")
-        except KeyboardInterrupt:
-            print("tessera serve: stopping", flush=True)
-        finally:
+        raise ServeError(f"vLLM stopped by itself (exit status {status}): run with --verbose to see why")
+    except KeyboardInterrupt:
+        print("tessera serve: stopping", flush=True)
+    finally:
+        with _signals(signal.SIG_IGN):  # a second Ctrl-C must not cut the clean-up short
             server.stop()
     print("tessera serve: stopped", flush=True)
     return 0
@@ -94,12 +96,16 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per generation")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--chat", action="store_true", help="send each input as a user message (chat template)")
-    _common(parser)
+    _settings_argument(parser)
     args = parser.parse_intermixed_args(argv)
-    overrides = ([f"name={args.name}"] if args.name else []) + list(args.settings)
-    output, engine, count = predict_file(
-        args.path, args.file, output=args.output, text_column=args.text_column, engine=args.engine,
-        max_tokens=args.max_tokens, temperature=args.temperature, chat=args.chat, overrides=overrides,
-    )
+    try:
+        with _signals(_interrupt):  # SIGTERM, like Ctrl-C, stops the vLLM subprocess and removes its files
+            output, engine, count = predict_file(
+                args.path, args.file, output=args.output, text_column=args.text_column, engine=args.engine,
+                max_tokens=args.max_tokens, temperature=args.temperature, chat=args.chat, overrides=args.settings,
+            )
+    except KeyboardInterrupt:
+        print("tessera predict: interrupted, nothing written", file=sys.stderr)
+        return 130
     print(f"tessera predict: {count} predictions ({engine}) written to {output}", file=sys.stderr)
     return 0

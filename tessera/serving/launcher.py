@@ -133,6 +133,29 @@ def free_port(host: str, port: int) -> int:
         return probe.getsockname()[1]
 
 
+def _signal_group(process: subprocess.Popen, signum: int, grace: float) -> bool:
+    """Send ``signum`` to the process group that ``process`` leads and wait up to ``grace`` seconds for the group
+    to end; whether some process of it is still there."""
+    deadline = time.monotonic() + grace
+    try:
+        os.killpg(process.pid, signum)
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader, so it does not linger as a zombie
+            os.killpg(process.pid, 0)
+            time.sleep(0.1)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = STOP_GRACE) -> None:
+    """Stop every process of the group ``process`` leads: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if not _signal_group(process, signum, wait):
+            break
+    process.wait()
+
+
 def error_line(lines) -> str:
     """The most telling line of a failed start: the last exception message, else the last line."""
     for line in reversed(lines):
@@ -224,30 +247,13 @@ class VllmServer:
     def stop(self) -> None:
         """Stop the server's whole process group (SIGTERM, then SIGKILL) and remove its scratch directory."""
         if self.process is not None:
-            for signum, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5.0)):
-                if not self._signal_group(signum, grace):
-                    break
-            self.process.wait()
+            stop_process_group(self.process)
             if self._reader is not None:
                 self._reader.join(timeout=5)
             self.process.stdout.close()
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
-
-    def _signal_group(self, signum: int, grace: float) -> bool:
-        """Send ``signum`` to the server's process group and wait up to ``grace`` seconds for the group to end;
-        whether some process of it is still there."""
-        deadline = time.monotonic() + grace
-        try:
-            os.killpg(self.process.pid, signum)
-            while time.monotonic() < deadline:
-                self.process.poll()  # reap the server itself, so it does not linger as a zombie
-                os.killpg(self.process.pid, 0)
-                time.sleep(0.1)
-        except ProcessLookupError:
-            return False
-        return True
 
     def __enter__(self) -> VllmServer:
         try:

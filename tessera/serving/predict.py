@@ -9,9 +9,7 @@ inputs enriched by its ``kg`` retrievers as in training.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +45,13 @@ def _truncation(target: ServeTarget) -> int | None:
 
 
 def _vllm_results(target: ServeTarget, settings, texts: list[str], options: dict) -> list:
-    from tessera.serving.launcher import engine_arguments, error_line, scratch_directory, vllm_environment
+    from tessera.serving.launcher import (
+        engine_arguments,
+        error_line,
+        scratch_directory,
+        stop_process_group,
+        vllm_environment,
+    )
 
     scratch = scratch_directory("tessera-predict-")
     try:
@@ -67,9 +71,7 @@ def _vllm_results(target: ServeTarget, settings, texts: list[str], options: dict
         try:
             output, _ = process.communicate()
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process_group(process, grace=5.0)
         if process.returncode != 0:
             lines = output.decode("utf-8", "replace").splitlines()
             raise ServeError(f"vLLM failed on {target.model_dir}: {error_line(lines)} (or use --engine transformers)")
@@ -89,8 +91,8 @@ def _transformers_results(target: ServeTarget, settings, texts: list[str], optio
     transformers.logging.disable_progress_bar()
     dtype = getattr(torch, dtype_for(settings, target.kind))
     tokenizer = AutoTokenizer.from_pretrained(target.model_dir)
-    auto = transformers.AutoModelForSequenceClassification if target.kind == "classify" else transformers.AutoModelForCausalLM
-    model = auto.from_pretrained(target.model_dir, dtype=dtype)
+    auto = "AutoModelForSequenceClassification" if target.kind == "classify" else "AutoModelForCausalLM"
+    model = getattr(transformers, auto).from_pretrained(target.model_dir, dtype=dtype)
     for path in target.adapters.values():
         from peft import PeftModel
 
@@ -118,8 +120,8 @@ def _transformers_results(target: ServeTarget, settings, texts: list[str], optio
         for start in range(0, len(prompts), 8):
             batch = tokenizer(prompts[start:start + 8], padding=True, return_tensors="pt",
                               add_special_tokens=not options["chat"])
-            generated = model.generate(**batch, max_new_tokens=options["max_tokens"], pad_token_id=tokenizer.pad_token_id,
-                                       **sampling)
+            generated = model.generate(**batch, max_new_tokens=options["max_tokens"],
+                                       pad_token_id=tokenizer.pad_token_id, **sampling)
             results += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tessera.core.config import ServeConfig
 from tessera.core.errors import ConfigError
+from tessera.serving.target import attention_head_dim, model_config
 
 #: Bytes of KV cache vLLM gets at least (its CPU default asks for most of the machine's memory).
 MIN_KV_CACHE_BYTES = 64 * 2**20
@@ -38,23 +39,15 @@ def dtype_for(settings: ServeConfig, kind: str) -> str:
 
 def max_model_len(settings: ServeConfig, model_dir) -> int | None:
     """The context length to serve: the setting, else the model's own (``max_position_embeddings``)."""
-    import json
-
-    if settings.max_model_len:
-        return settings.max_model_len
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    return config.get("max_position_embeddings")
+    return settings.max_model_len or model_config(model_dir).get("max_position_embeddings")
 
 
 def kv_cache_bytes(settings: ServeConfig, model_dir, dtype: str) -> int:
     """The KV cache to give vLLM: the setting, else room for two full-length sequences, at least 64 MiB."""
-    import json
-
     if settings.kv_cache_memory_bytes:
         return settings.kv_cache_memory_bytes
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    heads = config.get("num_attention_heads") or 1
-    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
-    per_token = 2 * config.get("num_hidden_layers", 1) * config.get("num_key_value_heads", heads) * head_dim
+    config = model_config(model_dir)
+    kv_heads = config.get("num_key_value_heads") or config.get("num_attention_heads") or 1
+    per_token = 2 * config.get("num_hidden_layers", 1) * kv_heads * (attention_head_dim(config) or 0)
     element = 4 if dtype in ("float32", "float") else 2
     return max(MIN_KV_CACHE_BYTES, 2 * per_token * element * (max_model_len(settings, model_dir) or 0))

@@ -67,7 +67,7 @@ def _read_json(path: Path) -> dict:
 
 def model_kind(model_dir: Path) -> str:
     """``classify`` or ``generate`` from the architecture in ``config.json``; a ``ServeError`` for anything else."""
-    config = _read_json(model_dir / "config.json")
+    config = model_config(model_dir)
     architecture = (config.get("architectures") or ["(none)"])[0]
     if architecture.endswith("ForSequenceClassification"):
         return "classify"
@@ -88,11 +88,20 @@ def vllm_is_cpu_build() -> bool:
     return True
 
 
+def model_config(model_dir: Path) -> dict:
+    """The ``config.json`` of a model directory."""
+    return _read_json(model_dir / "config.json")
+
+
+def attention_head_dim(config: dict) -> int | None:
+    """The attention head dimension a model config declares or implies."""
+    heads = config.get("num_attention_heads")
+    return config.get("head_dim") or (config["hidden_size"] // heads if heads and "hidden_size" in config else None)
+
+
 def check_head_dim(model_dir: Path) -> None:
     """vLLM's CPU backend refuses attention heads narrower than 32: say so before starting it."""
-    config = _read_json(model_dir / "config.json")
-    heads = config.get("num_attention_heads")
-    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads and "hidden_size" in config else None)
+    head_dim = attention_head_dim(model_config(model_dir))
     if head_dim is not None and head_dim < CPU_MIN_HEAD_DIM and vllm_is_cpu_build():
         raise ServeError(
             f"{model_dir} has attention heads of dimension {head_dim}, and vLLM on CPU needs at least "
@@ -130,7 +139,7 @@ def _from_adapter(adapter_dir: Path, name: str | None) -> ServeTarget:
         )
     problem = _adapter_problem(adapter_dir, base)
     if problem:
-        raise ServeError(f"vLLM cannot serve the adapter {adapter_dir}: {problem}: merge it into its base and serve that")
+        raise ServeError(f"vLLM cannot serve the adapter {adapter_dir}: {problem}: merge it into its base, serve that")
     check_head_dim(base)
     return ServeTarget(base, "generate", base.name, {name or adapter_dir.name: adapter_dir})
 
@@ -222,7 +231,8 @@ def _from_run_export(run_dir: Path, name: str | None, merged: bool) -> ServeTarg
         if not why:
             check_head_dim(base)
             note = f"LoRA adapters {listed} served as named models on the base model {cfg.model.name}"
-            return ServeTarget(base, kind, name or cfg.model.name, {p.name: p for p in adapter_dirs}, run_dir, cfg, (note,))
+            adapters = {p.name: p for p in adapter_dirs}
+            return ServeTarget(base, kind, name or cfg.model.name, adapters, run_dir, cfg, (note,))
     check_head_dim(export)
     return ServeTarget(export, kind, run_name, run_dir=run_dir, run_cfg=cfg,
                        notes=(f"adapters {listed} served merged into the export ({why})",))

@@ -1,5 +1,6 @@
-"""The main job's kind of run served for real: MiniLM + LoRA (the default composition, few steps) exported merged,
-served by vLLM, its /classify answering through the openai client what the run itself predicted."""
+"""The real packaged models served for real, through the openai client: the main job's kind of run (MiniLM + LoRA,
+the default composition, few steps) answers /classify what the run itself predicted, and SmolLM2-135M-Instruct
+answers a chat completion."""
 
 from __future__ import annotations
 
@@ -36,3 +37,20 @@ def test_the_served_minilm_classifier_answers_what_the_run_predicted(run):
     got = np.array([item["probs"] for item in answer["data"]])
     np.testing.assert_allclose(got, [row["probabilities"] for row in rows], atol=1e-4)
     assert [item["label"] for item in answer["data"]] == [["negative", "positive"][row["prediction"]] for row in rows]
+
+
+def test_smollm2_answers_a_chat_completion():
+    from openai import OpenAI
+
+    from tessera.core.assets import asset_path
+
+    served = Served(asset_path("smollm2"))
+    try:
+        assert served.models == ["smollm2"]
+        client = OpenAI(base_url=f"{served.url}/v1", api_key="unused")
+        question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+        answers = [client.chat.completions.create(model="smollm2", messages=question, max_tokens=16, temperature=0)
+                   .choices[0].message.content for _ in range(2)]
+    finally:
+        served.stop()
+    assert "Paris" in answers[0] and answers[0] == answers[1]
