@@ -156,3 +156,14 @@ def test_third_party_loader_plugin_on_the_command_line(tmp_path):
     facts = [(f["head"], f["tail"]) for f in json.loads(result.stdout)["facts"]]
     assert sorted(facts) == [("n0", "n1"), ("n1", "n2")]
     assert Path(tmp_path / "home" / "kg").is_dir()
+
+
+def test_loaders_refuse_a_graph_too_large_before_parsing(monkeypatch):
+    need_asset("pykeen")
+    from tessera.graphs.store import MEMORY_ENV, PARSE_BYTES_PER_TRIPLE, GraphTooLargeError
+
+    monkeypatch.setenv(MEMORY_ENV, "100000")
+    with pytest.raises(GraphTooLargeError, match=f"pykeen:umls: about 6,529 triples x {PARSE_BYTES_PER_TRIPLE} bytes"):
+        load_graph("pykeen:umls", cache=False)
+    with pytest.raises(GraphTooLargeError, match="parsing WordNet 3.0"):
+        load_graph("wordnet", cache=False)

@@ -13,8 +13,10 @@ A :class:`KnowledgeGraph` holds
 - networkx views for graph algorithms (shortest paths, PageRank, components), each built once on first use.
 
 Memory: the store costs about :data:`BYTES_PER_TRIPLE` bytes per triple (the triple array and both CSR
-directions) and :data:`BYTES_PER_ENTITY` per entity (key, label, id map). :func:`check_memory` refuses a graph
-whose estimated cost exceeds the memory available (or ``$TESSERA_KG_MEMORY_BYTES``) before anything is allocated.
+directions) and :data:`BYTES_PER_ENTITY` per entity (key, label, id map); parsing a source costs more while it
+runs (:data:`PARSE_BYTES_PER_TRIPLE`, and rdflib's own figure in :mod:`tessera.graphs.rdf`). :func:`check_memory`
+refuses a graph whose estimated cost exceeds the memory available (or ``$TESSERA_KG_MEMORY_BYTES``) before
+anything is allocated.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ STORE_FORMAT = 2
 BYTES_PER_TRIPLE = 30
 #: Store cost per entity: its key, label and id-map entry as Python strings and dict slots (measured average).
 BYTES_PER_ENTITY = 260
+#: Peak memory per triple of building a graph from Python objects (measured: WordNet through NLTK 1,890 bytes,
+#: GO's SQLite rows 1,000): what the loaders check before they parse.
+PARSE_BYTES_PER_TRIPLE = 2000
 MEMORY_ENV = "TESSERA_KG_MEMORY_BYTES"
 #: A hop from at most this many nodes walks the CSR in Python; from more, it is one vectorised numpy gather.
 _FEW_NODES = 24

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tessera.graphs.loaders import GraphLoader, asset_fingerprint
-from tessera.graphs.store import GraphError, KnowledgeGraph, check_memory
+from tessera.graphs.store import PARSE_BYTES_PER_TRIPLE, GraphError, KnowledgeGraph, check_memory
 
 #: The ``relationship_type`` values of the parent tables -> (relation key, phrase).
 RELATIONS = {
@@ -45,7 +45,7 @@ class GeneOntologyLoader(GraphLoader):
             synonyms = connection.execute("SELECT _id, synonym FROM go_synonym WHERE like_go_id = 0").fetchall()
         finally:
             connection.close()
-        check_memory(len(parents), len(terms), f"GO.sqlite ({path})")
+        check_memory(len(parents), len(terms), f"parsing {path}", PARSE_BYTES_PER_TRIPLE)
         unknown = sorted({kind for _, kind, _ in parents} - set(RELATIONS))
         if unknown:
             raise GraphError(f"{path} has relationship types {unknown} that tessera does not know: update the loader")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tessera.graphs.loaders import GraphLoader, asset_fingerprint
-from tessera.graphs.store import GraphError, KnowledgeGraph, check_memory
+from tessera.graphs.store import PARSE_BYTES_PER_TRIPLE, GraphError, KnowledgeGraph, check_memory
 
 DATASETS = ("nations", "umls", "kinships")
 SPLITS = ("train", "valid", "test")
@@ -44,7 +44,7 @@ class PyKEENLoader(GraphLoader):
         directory = asset_path("pykeen") / self.argument
         parts = {split: read_tsv_triples(directory / f"{split}.txt") for split in SPLITS}
         rows = [row for split in SPLITS for row in parts[split]]
-        check_memory(len(rows), len(rows), f"pykeen:{self.argument}")
+        check_memory(len(rows), len(rows), f"pykeen:{self.argument}", PARSE_BYTES_PER_TRIPLE)
         starts, splits = 0, {}
         for split in SPLITS:
             splits[split] = list(range(starts, starts + len(parts[split])))

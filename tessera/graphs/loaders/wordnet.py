@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from tessera.graphs.loaders import GraphLoader, asset_fingerprint
-from tessera.graphs.store import KnowledgeGraph, check_memory
+from tessera.graphs.store import PARSE_BYTES_PER_TRIPLE, KnowledgeGraph, check_memory
 
 #: Synset-level relations: key -> (phrase, NLTK Synset method).
 SYNSET_RELATIONS = {
@@ -49,7 +49,7 @@ class WordNetLoader(GraphLoader):
     def load(self) -> KnowledgeGraph:
         from tessera.graphs.wordnet import wordnet
 
-        check_memory(_EXPECTED_EDGES, _EXPECTED_SYNSETS, "WordNet 3.0")
+        check_memory(_EXPECTED_EDGES, _EXPECTED_SYNSETS, "parsing WordNet 3.0", PARSE_BYTES_PER_TRIPLE)
         wn = wordnet()
         synsets = list(wn.all_synsets())
         index = {synset: i for i, synset in enumerate(synsets)}
