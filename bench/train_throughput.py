@@ -1,0 +1,482 @@
+"""Training throughput: tessera's Trainer against the Hugging Face ``Trainer`` and a hand-written PyTorch loop.
+
+Each contender trains MiniLM on the movie-review sentences with the same batch size, ``max_length``, learning
+rate, warm-up, weight decay, gradient clipping, precision (tessera's ``trainer.precision=auto``: bf16 autocast on a
+CPU with AVX512-BF16) and padding policy (dynamic padding, with or without length grouping), for ``--steps``
+optimizer steps after ``WARMUP_STEPS`` untimed ones:
+
+* **tessera**: the config from ``tessera.core.cli.compose_config``, a ``Run`` in a temporary directory, the model
+  and adapters built and ``Trainer(...).fit()`` called as ``tessera.core.pipeline.execute`` does, with the built-in
+  plugins (console progress, TensorBoard) active as in a real run;
+* **hf_trainer**: ``transformers.Trainer`` with the equivalent ``TrainingArguments`` (``train_sampling_strategy``
+  ``group_by_length`` when tessera groups by length, no evaluation, saving or logging, ``report_to=none``);
+* **plain_loop**: AdamW, a linear schedule, autocast, clipping, padding in the loop, over the same batches (same
+  example indices, hence the same padded shapes) as tessera.
+
+Timing: every contender stamps ``time.perf_counter()`` at the end of optimizer step ``WARMUP_STEPS`` and at the
+end of the last step, from its own step-end point (tessera: a ``tessera_step_end`` hook registered ``trylast``,
+after the built-in loggers; the HF Trainer: ``TrainerCallback.on_step_end``; the plain loop: after
+``zero_grad``). The window therefore holds exactly ``--steps`` whole steps (collation, forward, backward, clipping,
+optimizer, schedule and each trainer's per-step bookkeeping) and none of the model loading or set-up.
+
+The contenders run interleaved (tessera, HF, plain, tessera, ...) in one process, each on a freshly loaded model,
+and the medians are reported: on a shared 2-core machine the absolute numbers move a lot, the ratios much less.
+The HF length-grouped sampler orders each mega-batch longest first, so its timed batches are not the same as
+tessera's; the padded positions processed are reported next to the samples so the work can be compared.
+
+Usage: ``.venv/bin/python bench/train_throughput.py [--steps N] [--repeats N] [--quick] [--grouping on|off|both]``.
+One JSON object is printed on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+#: Optimizer steps run before the timed window (first-call allocations, autocast caches, warm-up of the allocator).
+WARMUP_STEPS = 3
+#: Extra ``tessera train`` overrides of each setting (tessera's defaults otherwise; full fine-tuning gets the
+#: learning rate that works for it on this data, which does not change the work done).
+SETTINGS = {
+    "lora": ["adapter=lora"],
+    "full": ["adapter=none", "trainer.learning_rate=5e-5"],
+}
+
+
+@dataclass
+class Workload:
+    """What the contenders share in one setting: the composed config, the tokenized training split, the tokenizer."""
+
+    name: str
+    cfg: object
+    #: tessera's training items of the split (``{"input_ids", "labels"}``), as the classification objective builds them.
+    train: list
+    tokenizer: object
+    labels: list[str]
+    steps: int
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps per run: the untimed warm-up plus the timed window."""
+        return WARMUP_STEPS + self.steps
+
+    @property
+    def device(self) -> str:
+        """The device tessera's ``trainer.device`` resolves to here."""
+        from tessera.core.trainer import resolve_device
+
+        return resolve_device(self.cfg.trainer)[0]
+
+    @property
+    def bf16(self) -> bool:
+        """Whether tessera's ``trainer.precision`` resolves to bf16 autocast here."""
+        from tessera.core.trainer import resolve_device
+
+        return resolve_device(self.cfg.trainer)[1] == "bf16"
+
+    @property
+    def warmup_schedule_steps(self) -> int:
+        """Linear warm-up steps of the learning-rate schedule, computed as tessera's Trainer does."""
+        return round(self.cfg.trainer.warmup_ratio * self.total_steps)
+
+    @property
+    def scheduler_name(self) -> str:
+        """The ``transformers.get_scheduler`` name of ``trainer.scheduler`` (as tessera maps it)."""
+        return {"constant": "constant_with_warmup"}.get(self.cfg.trainer.scheduler, self.cfg.trainer.scheduler)
+
+    def tessera_batches(self) -> list[list[int]]:
+        """The example indices of every step of a run, in tessera's order (epoch 0)."""
+        from tessera.core.batching import batch_order
+
+        trainer = self.cfg.trainer
+        return batch_order(self.train, trainer.batch_size, trainer.seed, 0, trainer.group_by_length)[: self.total_steps]
+
+
+@dataclass
+class Measurement:
+    """One timed window of one contender."""
+
+    seconds: float
+    cpu_seconds: float
+    samples: int
+    padded_tokens: int
+    trainable_parameters: int
+
+    def as_dict(self) -> dict:
+        """The measurement with its rates, for the JSON report."""
+        return {
+            "samples_per_second": self.samples / self.seconds,
+            "padded_tokens_per_second": self.padded_tokens / self.seconds,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "samples": self.samples,
+            "padded_tokens": self.padded_tokens,
+            "trainable_parameters": self.trainable_parameters,
+        }
+
+
+class Window:
+    """Wall-clock and process CPU stamps of the timed window, set from a contender's step-end point.
+
+    The CPU time (all threads of this process) is a noise indicator: on a shared machine the wall time of a run
+    stretches when another process takes a core, its CPU time much less.
+    """
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last = first, last
+        self.started = self.ended = None
+
+    def step_end(self, step: int) -> None:
+        """Stamp the clocks if ``step`` (1-based) is where the window starts or ends."""
+        if step == self.first:
+            self.started = (time.perf_counter(), time.process_time())
+        elif step == self.last:
+            self.ended = (time.perf_counter(), time.process_time())
+
+    def measurement(self, samples: int, padded_tokens: int, model) -> Measurement:
+        """The window's measurement; fails loudly if a contender never reached one of its ends."""
+        if self.started is None or self.ended is None:
+            raise RuntimeError(f"the run did not reach steps {self.first} and {self.last}")
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        wall, cpu = (end - start for end, start in zip(self.ended, self.started))
+        return Measurement(wall, cpu, samples, padded_tokens, trainable)
+
+
+def _window_work(batches: list[list[int]], lengths: list[int]) -> tuple[int, int]:
+    """``(samples, padded positions)`` of the timed batches among ``batches`` (one per step, step order)."""
+    timed = batches[WARMUP_STEPS:]
+    return sum(map(len, timed)), sum(len(b) * max(lengths[i] for i in b) for b in timed)
+
+
+# --- shared set-up ---------------------------------------------------------------------------------------------
+
+
+def prepare_workload(name: str, overrides: list[str], steps: int) -> Workload:
+    """Compose tessera's config for a setting and tokenize its training split, trimmed to whole batches."""
+    from tessera.core.cli import compose_config
+    from tessera.core.data import load_splits
+    from tessera.core.models import load_tokenizer
+    from tessera.core.run import compose
+
+    cfg = compose_config([*overrides, f"trainer.max_steps={WARMUP_STEPS + steps}"])
+    splits = load_splits(cfg.data)
+    tokenizer = load_tokenizer(cfg.model)
+    batch_size = cfg.trainer.batch_size
+    whole = len(splits.train) // batch_size * batch_size
+    train = compose(cfg).item_builder.items(splits.train[:whole], tokenizer, cfg.data.max_length, cfg.trainer.seed)
+    workload = Workload(name, cfg, train, tokenizer, splits.labels, steps)
+    if workload.total_steps > whole // batch_size:
+        raise SystemExit(f"--steps {steps} needs more than one epoch ({whole // batch_size} batches): use fewer")
+    return workload
+
+
+def build_reference_model(workload: Workload):
+    """MiniLM with a fresh classification head, and the same LoRA as tessera's ``adapter.lora`` when selected."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tessera.core.models import pretrained_path
+
+    torch.manual_seed(workload.cfg.trainer.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        pretrained_path(workload.cfg.model), num_labels=len(workload.labels), dtype=torch.float32
+    )
+    lora = workload.cfg.adapter.get("lora")
+    if lora is None:
+        return model
+    import peft
+
+    targets = list(lora.target_modules)
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        modules_to_save=None if lora.modules_to_save is None else list(lora.modules_to_save),
+        bias=lora.bias,
+        task_type=peft.TaskType.SEQ_CLS,
+    )
+    return peft.get_peft_model(model, config)
+
+
+# --- contenders ------------------------------------------------------------------------------------------------
+
+
+def run_tessera(workload: Workload) -> Measurement:
+    """tessera's Trainer, driven as ``pipeline.execute`` drives it, timed by a ``tessera_step_end`` hook."""
+    from tessera import hookimpl
+    from tessera.core.models import load_model
+    from tessera.core.run import Run, compose
+    from tessera.core.trainer import Trainer, planned_steps
+
+    window = Window(WARMUP_STEPS, workload.total_steps)
+
+    class Timer:
+        @hookimpl(trylast=True)
+        def tessera_step_end(self, run, step, metrics):
+            window.step_end(step)
+
+    cfg = workload.cfg
+    composition = compose(cfg)
+    composition.plugins.manager.register(Timer(), name="bench.timer")
+    with tempfile.TemporaryDirectory() as directory:
+        run = Run(composition, Path(directory))
+        run.state["labels"] = workload.labels
+        run.total_steps = planned_steps(cfg.trainer, len(workload.train))
+        model = load_model(cfg.model, composition.task, workload.labels, workload.tokenizer, cfg.trainer.seed)
+        for adapter in composition.selected("adapter"):
+            model = adapter.apply(model, run)
+        trainer = Trainer(run, model, workload.train, workload.tokenizer, validate=lambda trained: {})
+        try:
+            model = trainer.fit()
+        finally:
+            run.emit("run_end", status="complete", metrics={})
+    samples, tokens = _window_work(workload.tessera_batches(), [len(item["input_ids"]) for item in workload.train])
+    return window.measurement(samples, tokens, model)
+
+
+def run_hf_trainer(workload: Workload) -> Measurement:
+    """``transformers.Trainer`` with the equivalent arguments, timed by a ``TrainerCallback``."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    window = Window(WARMUP_STEPS, workload.total_steps)
+    shapes = []
+    pad = DataCollatorWithPadding(workload.tokenizer)
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            window.step_end(state.global_step)
+
+    def collate(features):
+        batch = pad(features)
+        shapes.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    trainer_cfg = workload.cfg.trainer
+    dataset = [dict(item) for item in workload.train]
+    model = build_reference_model(workload)
+    with tempfile.TemporaryDirectory() as directory:
+        args = TrainingArguments(
+            output_dir=directory,
+            per_device_train_batch_size=trainer_cfg.batch_size,
+            gradient_accumulation_steps=trainer_cfg.gradient_accumulation_steps,
+            max_steps=workload.total_steps,
+            learning_rate=trainer_cfg.learning_rate,
+            weight_decay=trainer_cfg.weight_decay,
+            lr_scheduler_type=workload.scheduler_name,
+            warmup_steps=workload.warmup_schedule_steps,
+            max_grad_norm=trainer_cfg.max_grad_norm,
+            bf16=workload.bf16,
+            use_cpu=workload.device == "cpu",
+            train_sampling_strategy="group_by_length" if trainer_cfg.group_by_length else "random",
+            seed=trainer_cfg.seed,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            label_names=["labels"],
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collate,
+            processing_class=workload.tokenizer,
+            callbacks=[Timer()],
+        )
+        trainer.train()
+    timed = shapes[WARMUP_STEPS : workload.total_steps]
+    return window.measurement(sum(n for n, _ in timed), sum(n * w for n, w in timed), model)
+
+
+def run_plain_loop(workload: Workload) -> Measurement:
+    """A hand-written loop over tessera's batches: pad, autocast forward, backward, clip, AdamW, schedule."""
+    import torch
+    from transformers import get_scheduler
+
+    trainer_cfg = workload.cfg.trainer
+    device = workload.device
+    model = build_reference_model(workload).to(device)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "norm" not in n.lower()]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "norm" in n.lower())]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": trainer_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=trainer_cfg.learning_rate,
+    )
+    scheduler = get_scheduler(
+        workload.scheduler_name, optimizer, workload.warmup_schedule_steps, workload.total_steps
+    )
+    input_ids = [item["input_ids"] for item in workload.train]
+    labels, pad_id = [item["labels"] for item in workload.train], workload.tokenizer.pad_token_id
+    batches = workload.tessera_batches()
+    window = Window(WARMUP_STEPS, workload.total_steps)
+    model.train()
+    for step, indices in enumerate(batches, 1):
+        width = max(len(input_ids[i]) for i in indices)
+        batch = {
+            "input_ids": torch.tensor([input_ids[i] + [pad_id] * (width - len(input_ids[i])) for i in indices],
+                                      device=device),
+            "attention_mask": torch.tensor([[1] * len(input_ids[i]) + [0] * (width - len(input_ids[i]))
+                                           for i in indices], device=device),
+            "labels": torch.tensor([labels[i] for i in indices], device=device),
+        }
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=workload.bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer_cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.step_end(step)
+    samples, tokens = _window_work(batches, list(map(len, input_ids)))
+    return window.measurement(samples, tokens, model)
+
+
+CONTENDERS = {"tessera": run_tessera, "hf_trainer": run_hf_trainer, "plain_loop": run_plain_loop}
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+
+def summarize(runs: dict[str, list[Measurement]]) -> dict:
+    """Medians per contender, the ratios of tessera's median to the others', and the per-repeat (paired) ratios."""
+    report = {}
+    for name, found in runs.items():
+        rows = [m.as_dict() for m in found]
+        report[name] = {
+            "samples_per_second_median": statistics.median(r["samples_per_second"] for r in rows),
+            "padded_tokens_per_second_median": statistics.median(r["padded_tokens_per_second"] for r in rows),
+            "runs": rows,
+        }
+    tessera = report["tessera"]
+    for other, key in (("hf_trainer", "hf"), ("plain_loop", "plain")):
+        report[f"ratio_tessera_vs_{key}"] = (
+            tessera["samples_per_second_median"] / report[other]["samples_per_second_median"]
+        )
+        report[f"ratio_tessera_vs_{key}_padded_tokens"] = (
+            tessera["padded_tokens_per_second_median"] / report[other]["padded_tokens_per_second_median"]
+        )
+        report[f"paired_ratios_tessera_vs_{key}"] = [
+            a.samples / a.seconds / (b.samples / b.seconds) for a, b in zip(runs["tessera"], runs[other])
+        ]
+    return report
+
+
+def machine() -> dict:
+    """The CPU, core count and library versions the numbers were measured on."""
+    import torch
+    import transformers
+
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def tessera_source() -> dict:
+    """Where the measured tessera was imported from: its git commit, and whether the package differs from it."""
+    import tessera
+
+    package = str(Path(tessera.__file__).parent)
+
+    def git(*args: str) -> str | None:
+        found = subprocess.run(["git", "-C", package, *args], capture_output=True, text=True)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    modified = bool(git("status", "--porcelain", "--", "."))
+    return {"path": package, "commit": git("rev-parse", "HEAD"), "modified": modified}
+
+
+def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
+    """Run every setting and padding policy, the contenders interleaved in each repeat; return the report."""
+    import torch
+    import transformers
+
+    from tessera.core.cli import prepare_hydra
+
+    transformers.utils.logging.disable_progress_bar()
+    prepare_hydra()
+    threads = torch.get_num_threads()
+    settings = {}
+    for grouped in grouping:
+        for name, overrides in SETTINGS.items():
+            key = name if grouped else f"{name}_no_grouping"
+            workload = prepare_workload(key, [*overrides, f"trainer.group_by_length={grouped}"], steps)
+            runs = {contender: [] for contender in CONTENDERS}
+            for repeat in range(repeats):
+                for contender, run in CONTENDERS.items():
+                    measured = run(workload)
+                    runs[contender].append(measured)
+                    print(f"[{key} {repeat + 1}/{repeats}] {contender:<10} "
+                          f"{measured.samples / measured.seconds:7.2f} samples/s", file=sys.stderr, flush=True)
+                    gc.collect()
+            settings[key] = {
+                "adapter": name,
+                "group_by_length": grouped,
+                "bf16": workload.bf16,
+                "batch_size": workload.cfg.trainer.batch_size,
+                "max_length": workload.cfg.data.max_length,
+                **summarize(runs),
+            }
+    if torch.get_num_threads() != threads:
+        raise RuntimeError(f"a contender changed torch's threads from {threads} to {torch.get_num_threads()}")
+    return {"torch_threads": threads, "settings": settings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, run the benchmark with progress on stderr, print the JSON report on stdout."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per run (default 40)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per setting (default 3)")
+    parser.add_argument("--quick", action="store_true", help="5 steps, 1 repeat, grouped batches only")
+    parser.add_argument("--grouping", choices=("on", "off", "both"), default="on",
+                        help="length-grouped batches (tessera's default), random batches, or both (default on)")
+    args = parser.parse_args(argv)
+    steps, repeats, grouping = args.steps, args.repeats, args.grouping
+    if args.quick:
+        steps, repeats, grouping = 5, 1, "on"
+    started, load_before = time.perf_counter(), os.getloadavg()
+    with contextlib.redirect_stdout(sys.stderr):
+        result = benchmark(steps, repeats, {"on": [True], "off": [False], "both": [True, False]}[grouping])
+    report = {
+        "machine": machine(),
+        "tessera": tessera_source(),
+        "torch_threads": result["torch_threads"],
+        "steps": steps,
+        "warmup_steps": WARMUP_STEPS,
+        "repeats": repeats,
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "wall_seconds": time.perf_counter() - started,
+        "settings": result["settings"],
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
