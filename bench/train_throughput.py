@@ -9,9 +9,10 @@ optimizer steps after ``WARMUP_STEPS`` untimed ones:
   and adapters built and ``Trainer(...).fit()`` called as ``tessera.core.pipeline.execute`` does, with the built-in
   plugins (console progress, TensorBoard) active as in a real run;
 * **hf_trainer**: ``transformers.Trainer`` with the equivalent ``TrainingArguments`` (``train_sampling_strategy``
-  ``group_by_length`` when tessera groups by length, no evaluation, saving or logging, ``report_to=none``);
-* **plain_loop**: AdamW, a linear schedule, autocast, clipping, padding in the loop, over the same batches (same
-  example indices, hence the same padded shapes) as tessera.
+  ``group_by_length`` when tessera groups by length, no evaluation, saving or logging, ``report_to=none``) and its
+  default optimizer (``adamw_torch_fused``);
+* **plain_loop**: ``torch.optim.AdamW`` with PyTorch's defaults (as tessera), the same schedule, autocast, clipping,
+  padding in the loop, over the same batches (same example indices, hence the same padded shapes) as tessera.
 
 Timing: every contender stamps ``time.perf_counter()`` at the end of optimizer step ``WARMUP_STEPS`` and at the
 end of the last step, from its own step-end point (tessera: a ``tessera_step_end`` hook registered ``trylast``,
