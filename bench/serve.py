@@ -16,7 +16,7 @@ compute); the JSON holds the median of the rounds and the ratios. ``--sweep`` in
 (the same way, bare servers) to pick ``tessera serve``'s defaults.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py            # about 10 minutes on 2 cores
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py --sweep    # flag sets, about 10 minutes
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py --sweep --configs eager,compiled   # flag sets, side by side
 """
 
 from __future__ import annotations
@@ -294,15 +294,15 @@ SWEEP = {
     "eager": (["enforce_eager=true"], {}),
     "compiled": (["enforce_eager=false"], {}),
     "eager_bind_0-1": (["enforce_eager=true", "cpu_threads_bind=0-1"], {}),
-    "eager_max_num_seqs_8": (["enforce_eager=true", "max_num_seqs=8"], {}),
     "eager_no_chunked_prefill": (["enforce_eager=true", "extra_args=[--no-enable-chunked-prefill]"], {}),
 }
 
 
 def sweep(args, rounds: int) -> dict:
     model_dir = asset_path("smollm2")
-    servers = {name: Server(model_dir, [f"dtype={args.dtype}", *settings], tessera=False, env=env)
-               for name, (settings, env) in SWEEP.items()}
+    chosen = args.configs.split(",") if args.configs else list(SWEEP)
+    servers = {name: Server(model_dir, [f"dtype={args.dtype}", *SWEEP[name][0]], tessera=False, env=SWEEP[name][1])
+               for name in chosen}
     started = time.perf_counter()
     try:
         for server in servers.values():
@@ -332,6 +332,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--sweep", action="store_true", help="compare vLLM flag sets instead")
+    parser.add_argument("--configs", help=f"with --sweep: a comma-separated subset of {', '.join(SWEEP)}")
     parser.add_argument("--skip-classification", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -161,6 +161,26 @@ def test_a_classifier_run_is_served_merged(smoke_run):
     assert kv_cache_bytes(settings, target.model_dir, "float32") == 64 * 2**20
 
 
+def test_a_multi_stage_run_serves_its_last_stage_with_an_export(smoke_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "staged"
+    (run / ".hydra").mkdir(parents=True)
+    from omegaconf import OmegaConf
+
+    config = (smoke_run / ".hydra" / "config.yaml").read_text()
+    staged = OmegaConf.merge(OmegaConf.create(config), {"stages": [{"name": n} for n in ("first", "second", "third")]})
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(staged))
+    for stage in ("first", "second"):
+        shutil.copytree(smoke_run / "export", run / "stages" / stage / "export")
+        (run / "stages" / stage / "config.yaml").write_text(config)
+        (run / "stages" / stage / "run.json").write_text('{"status": "complete"}')
+    target = resolve(run)
+    assert target.model_dir == run / "stages" / "second" / "export"
+    assert target.notes[0].startswith("serving the last stage, second")
+    assert resolve(run / "stages" / "first").model_dir == run / "stages" / "first" / "export"
+
+
 class Bracketed(KGRetriever):
     """A real retriever of the family protocol: it appends a fact about every word it knows."""
 

@@ -116,6 +116,8 @@ def _adapter_problem(adapter_dir: Path, base: Path | None) -> str | None:
         return f"it is a {config.get('peft_type')} adapter (vLLM serves LoRA only)"
     if config.get("use_dora"):
         return "it uses DoRA"
+    if config.get("bias", "none") != "none":
+        return f"it trains biases (bias={config['bias']})"
     if config.get("modules_to_save"):
         return f"it trains whole modules beside the adapters (modules_to_save={config['modules_to_save']})"
     if base is None or not (base / "config.json").is_file():
@@ -142,6 +144,14 @@ def _from_adapter(adapter_dir: Path, name: str | None) -> ServeTarget:
         raise ServeError(f"vLLM cannot serve the adapter {adapter_dir}: {problem}: merge it into its base, serve that")
     check_head_dim(base)
     return ServeTarget(base, "generate", base.name, {name or adapter_dir.name: adapter_dir})
+
+
+def _exported_adapters(export: Path) -> dict[str, Path]:
+    """The PEFT directories under ``export/adapters/``, by served name (``lora``; ``multi_lora-task`` for the
+    named adapters PEFT saves in subdirectories)."""
+    root = export / "adapters"
+    found = sorted(path.parent for path in root.glob("**/adapter_config.json"))
+    return {"-".join(path.relative_to(root).parts): path for path in found}
 
 
 def _config_file(directory: Path) -> Path | None:
@@ -212,11 +222,11 @@ def _from_run_export(run_dir: Path, name: str | None, merged: bool) -> ServeTarg
         )
     kind = model_kind(export)
     run_name = name or f"{cfg.model.name}-{cfg.data.name}"
-    adapter_dirs = sorted(p.parent for p in (export / "adapters").glob("*/adapter_config.json"))
-    if not adapter_dirs:
+    adapters = _exported_adapters(export)
+    if not adapters:
         check_head_dim(export)
         return ServeTarget(export, kind, run_name, run_dir=run_dir, run_cfg=cfg)
-    listed = ", ".join(p.name for p in adapter_dirs)
+    listed = ", ".join(adapters)
     if kind == "classify":
         why = "vLLM has no LoRA for classifiers"
     elif merged:
@@ -224,14 +234,14 @@ def _from_run_export(run_dir: Path, name: str | None, merged: bool) -> ServeTarg
     elif cfg.model.get("random_init"):
         why = "the base model was randomly initialised (model.random_init) and is not saved"
     else:
-        bases = {_adapter_base(p) for p in adapter_dirs}
+        bases = {_adapter_base(path) for path in adapters.values()}
         base = next(iter(bases)) if len(bases) == 1 else None
-        problems = [f"{p.name}: {problem}" for p in adapter_dirs if (problem := _adapter_problem(p, base))]
+        problems = [f"{name}: {problem}" for name, path in adapters.items()
+                    if (problem := _adapter_problem(path, base))]
         why = "the adapters have different base models" if len(bases) > 1 else "; ".join(problems)
         if not why:
             check_head_dim(base)
             note = f"LoRA adapters {listed} served as named models on the base model {cfg.model.name}"
-            adapters = {p.name: p for p in adapter_dirs}
             return ServeTarget(base, kind, name or cfg.model.name, adapters, run_dir, cfg, (note,))
     check_head_dim(export)
     return ServeTarget(export, kind, run_name, run_dir=run_dir, run_cfg=cfg,
