@@ -44,7 +44,7 @@ BYTES_PER_ENTITY = 260
 PARSE_BYTES_PER_TRIPLE = 2000
 MEMORY_ENV = "TESSERA_KG_MEMORY_BYTES"
 #: A hop from at most this many nodes walks the CSR in Python; from more, it is one vectorised numpy gather.
-_FEW_NODES = 24
+_FEW_NODES = 4
 _INT32_MAX = 2**31 - 1
 
 
@@ -128,6 +128,7 @@ class _Scratch:
         self.node_stamp = np.zeros(num_entities, dtype=np.int32)
         self.edge_stamp = np.zeros(num_triples, dtype=np.int32)
         self.node_mark = np.zeros(num_entities, dtype=np.int32)
+        self.edge_mark = np.zeros(num_triples, dtype=np.int32)
         self.generation = 0
 
     def next_generation(self) -> int:
@@ -320,23 +321,31 @@ class KnowledgeGraph:
 
         Edges are followed ``"out"`` (head to tail), ``"in"`` or ``"both"`` ways, only through relations that
         ``relation_mask`` admits. The edges are those traversed, i.e. every edge on a path of at most ``hops``
-        steps from a seed. A hop from a few nodes walks the CSR slices in Python (microseconds); a hop from many
-        nodes is one vectorised gather. Thread-safe.
+        steps from a seed. While the frontier is small, a hop walks the CSR slices in Python (microseconds); once
+        it grows, every further hop is one vectorised gather over per-thread scratch arrays. Thread-safe.
         """
         if direction not in ("out", "in", "both"):
             raise GraphError(f"direction {direction!r} is not one of out, in, both")
         visited = dict.fromkeys(np.asarray(seeds, dtype=np.int64).ravel().tolist())  # ordered sets
         traversed: dict[int, None] = {}
-        frontier = list(visited)
-        for _ in range(hops):
-            if not frontier:
-                break
-            expand = self._expand_few if len(frontier) <= _FEW_NODES else self._expand_many
-            frontier = expand(frontier, visited, traversed, relation_mask, direction)
-        return (
-            np.fromiter(visited, dtype=np.int64, count=len(visited)),
-            np.fromiter(traversed, dtype=np.int64, count=len(traversed)),
-        )
+        frontier, hop = list(visited), 0
+        while hop < hops and frontier and len(frontier) <= _FEW_NODES:
+            frontier = self._expand_few(frontier, visited, traversed, relation_mask, direction)
+            hop += 1
+        nodes = [np.fromiter(visited, dtype=np.int64, count=len(visited))]
+        edges = [np.fromiter(traversed, dtype=np.int64, count=len(traversed))]
+        if hop < hops and frontier:
+            scratch = self._scratch()
+            generation = scratch.next_generation()
+            scratch.node_stamp[nodes[0]] = generation
+            scratch.edge_stamp[edges[0]] = generation
+            frontier = np.asarray(frontier, dtype=np.int64)
+            while hop < hops and len(frontier):
+                frontier, reached_edges = self._expand_many(frontier, scratch, generation, relation_mask, direction)
+                nodes.append(frontier)
+                edges.append(reached_edges)
+                hop += 1
+        return (np.concatenate(nodes), np.concatenate(edges)) if len(nodes) > 1 else (nodes[0], edges[0])
 
     def _expand_few(self, frontier: list, visited: dict, traversed: dict, relation_mask, direction: str) -> list:
         """One hop from a short ``frontier``, in Python over the CSR slices; returns the newly reached nodes."""
@@ -363,22 +372,19 @@ class KnowledgeGraph:
                     reached.append(neighbor)
         return reached
 
-    def _expand_many(self, frontier: list, visited: dict, traversed: dict, relation_mask, direction: str) -> list:
-        """One hop from a long ``frontier``, as one vectorised gather; returns the newly reached nodes."""
-        scratch = self._scratch()
-        generation = scratch.next_generation()
-        scratch.node_stamp[list(visited)] = generation
-        scratch.edge_stamp[list(traversed)] = generation
-        neighbors, edges, forward = self.adjacency.expand(np.asarray(frontier, dtype=np.int64))
+    def _expand_many(self, frontier: np.ndarray, scratch: _Scratch, generation: int, relation_mask, direction: str):
+        """One hop from a long ``frontier``, as one vectorised gather: the newly reached nodes and edges."""
+        neighbors, edges, forward = self.adjacency.expand(frontier)
         if direction != "both" or relation_mask is not None:
             keep = forward == (direction == "out") if direction != "both" else True
             if relation_mask is not None:
                 keep = keep & relation_mask[self.triples[edges, 1]]
             neighbors, edges = neighbors[keep], edges[keep]
-        traversed.update(dict.fromkeys(edges[scratch.edge_stamp[edges] != generation].tolist()))
-        reached = _distinct(neighbors[scratch.node_stamp[neighbors] != generation], scratch.node_mark).tolist()
-        visited.update(dict.fromkeys(reached))
-        return reached
+        edges = _distinct(edges[scratch.edge_stamp[edges] != generation], scratch.edge_mark)
+        scratch.edge_stamp[edges] = generation
+        reached = _distinct(neighbors[scratch.node_stamp[neighbors] != generation], scratch.node_mark)
+        scratch.node_stamp[reached] = generation
+        return reached.astype(np.int64), edges.astype(np.int64)
 
     def _scratch(self) -> _Scratch:
         if not hasattr(self._local, "scratch"):
