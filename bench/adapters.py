@@ -7,21 +7,28 @@
   on the first 64 test sentences): full fine-tuning against ``lora``: memory and throughput (40 steps do not train a
   classifier: its accuracy is printed, not compared).
 
-Each configuration runs ``tessera``'s own pipeline (compose, prepare, execute: train, evaluate, export) in a fresh
+Each measurement runs ``tessera``'s own pipeline (compose, prepare, execute: train, evaluate, export) in a fresh
 subprocess of this script (``--child``), so that its peak resident memory (``ru_maxrss`` of that process, from
-``os.wait4``) is its own. The child counts the parameters that get a gradient at the first optimizer step
-(trainable) and all parameters; throughput is the median of the per-step samples per second after the first 3
-steps (``metrics.json``); accuracy is the run's test accuracy. With ``--repeats N`` the configurations run
-round-robin (interleaved) N times and the medians are reported; ratios are against full fine-tuning of the same
-model.
+``os.wait4``) is its own. Two phases:
 
-Usage: ``.venv/bin/python bench/adapters.py [--repeats N] [--only minilm|smollm2] [--quick]``; one JSON object on
-stdout, progress on stderr. ``--quick`` trains on 320 sentences (a check of the script, not a measurement).
+1. **quality**: each configuration as above; the child counts the parameters that get a gradient at the first
+   optimizer step (trainable) and all parameters; accuracy is the run's test accuracy. Memory and accuracy do not
+   depend on what else runs, so ``--jobs N`` runs N of them at once.
+2. **speed**: each configuration for ``WARMUP_STEPS + --speed-steps`` optimizer steps, one at a time, round-robin
+   (interleaved) ``--speed-repeats`` times; throughput is the median over the repeats of each run's median
+   per-step samples per second after the warm-up steps (``metrics.json``).
+
+Ratios are against full fine-tuning of the same model.
+
+Usage: ``.venv/bin/python bench/adapters.py [--jobs N] [--speed-steps 15] [--speed-repeats 3]
+[--only minilm|smollm2] [--quick]``; one JSON object on stdout, progress on stderr. ``--quick`` trains on 320
+sentences (a check of the script, not a measurement).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -97,7 +104,6 @@ def child(overrides: list[str]) -> dict:
     return {
         **counter.counts,
         "samples_per_second": statistics.median(speeds),
-        "train_seconds": history["seconds"]["train"],
         "steps": history["steps"],
         "test_accuracy": test["accuracy"],
         "peak_rss_mib_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -124,16 +130,22 @@ def measure(name: str, overrides: list[str]) -> dict:
     return result
 
 
-def summarise(runs: dict[str, list[dict]]) -> dict:
-    """Medians per configuration, and ratios against full fine-tuning of the same model."""
-    medians = {
-        name: {key: statistics.median(r[key] for r in results) for key in results[0]}
-        for name, results in runs.items()
-    }
-    for name, values in medians.items():
-        values["trainable_fraction"] = values["trainable_parameters"] / values["total_parameters"]
-        values["repeats"] = len(runs[name])
-        full = medians.get(name.split("/")[0] + "/none")
+def summarise(quality: dict[str, dict], speed: dict[str, list[float]]) -> dict:
+    """Per configuration: its quality-phase measurements and median throughput; ratios against full fine-tuning."""
+    results = {}
+    for name, values in quality.items():
+        results[name] = {
+            "trainable_parameters": values["trainable_parameters"],
+            "total_parameters": values["total_parameters"],
+            "trainable_fraction": values["trainable_parameters"] / values["total_parameters"],
+            "peak_rss_mib": values["peak_rss_mib"],
+            "test_accuracy": values["test_accuracy"],
+            "steps": values["steps"],
+            "samples_per_second": statistics.median(speed[name]),
+            "samples_per_second_runs": speed[name],
+        }
+    for name, values in results.items():
+        full = results.get(name.split("/")[0] + "/none")
         if full is not None and not name.endswith("/none"):
             values["vs_full"] = {
                 "samples_per_second": values["samples_per_second"] / full["samples_per_second"],
@@ -141,12 +153,19 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
                 "trainable_parameters": values["trainable_parameters"] / full["trainable_parameters"],
                 "test_accuracy_points": 100 * (values["test_accuracy"] - full["test_accuracy"]),
             }
-    return medians
+    return results
+
+
+def progress(started: float, message: str) -> None:
+    """A line on stderr, stamped with the seconds since ``started``."""
+    print(f"[{time.time() - started:7.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="quality-phase runs at once")
+    parser.add_argument("--speed-steps", type=int, default=15)
+    parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--only", choices=["minilm", "smollm2"])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -156,19 +175,28 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(child(json.loads(args.child))))
         return 0
     configurations = settings(args.only, args.quick)
-    runs: dict[str, list[dict]] = {name: [] for name in configurations}
     started = time.time()
-    for repeat in range(args.repeats):
+
+    def quality_run(name: str) -> dict:
+        progress(started, f"quality: {name}")
+        result = measure(name, configurations[name])
+        progress(started, f"quality: {name} {json.dumps(result)}")
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        quality = dict(zip(configurations, pool.map(quality_run, configurations)))
+    speed: dict[str, list[float]] = {name: [] for name in configurations}
+    window = [f"trainer.max_steps={WARMUP_STEPS + args.speed_steps}", "data.limit_eval=32"]
+    for repeat in range(args.speed_repeats):
         for name, overrides in configurations.items():
-            print(f"[{time.time() - started:7.0f} s] repeat {repeat + 1}: {name}", file=sys.stderr, flush=True)
-            runs[name].append(measure(name, overrides))
-            print(f"          {json.dumps(runs[name][-1])}", file=sys.stderr, flush=True)
+            speed[name].append(measure(name, [*overrides, *window])["samples_per_second"])
+            progress(started, f"speed {repeat + 1}: {name} {speed[name][-1]:.2f} samples/s")
     report = {
         "benchmark": "adapters",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "command": " ".join(["bench/adapters.py", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {name: overrides for name, overrides in configurations.items()},
-        "results": summarise(runs),
+        "settings": configurations,
+        "results": summarise(quality, speed),
         "wall_seconds": time.time() - started,
     }
     print(json.dumps(report, indent=2))

@@ -78,8 +78,10 @@ def bbc_news_csv(home: Path) -> Path:
 
 def encoder_only(export: Path, directory: Path) -> Path:
     """The export's encoder without its task head (and its tokenizer), saved as a model directory."""
+    import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    transformers.logging.set_verbosity_error()  # the export's head is left out on purpose
     AutoModel.from_pretrained(export).save_pretrained(directory)
     AutoTokenizer.from_pretrained(export).save_pretrained(directory)
     return directory
@@ -94,7 +96,7 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     if result.returncode == 0:
         outcome["accuracy"] = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
     else:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        lines = [line for line in result.stderr.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
         outcome["error"] = lines[-1] if lines else f"exit status {result.returncode}"
     return outcome
 
