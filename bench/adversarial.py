@@ -24,12 +24,11 @@ from pathlib import Path
 
 from augment_runner import log, machine, mean_std, run_all, set_threads, tessera, train
 
-CONDITIONS = {
+CONDITIONS = {  # each adversary at its built-in defaults (epsilon 0.05; pgd and freelb: step_size 0.02, 3 steps)
     "plain": ["adversary=none"],
-    "fgm": ["adversary=fgm", "adversary.fgm.epsilon=0.2"],
-    "pgd": ["adversary=pgd", "adversary.pgd.epsilon=0.2", "adversary.pgd.step_size=0.1", "adversary.pgd.steps=2"],
-    "freelb": ["adversary=freelb", "adversary.freelb.epsilon=0.2", "adversary.freelb.step_size=0.1",
-               "adversary.freelb.steps=2"],
+    "fgm": ["adversary=fgm"],
+    "pgd": ["adversary=pgd"],
+    "freelb": ["adversary=freelb"],
 }
 
 

@@ -295,6 +295,7 @@ SWEEP = {
     "compiled": (["enforce_eager=false"], {}),
     "eager_bind_0-1": (["enforce_eager=true", "cpu_threads_bind=0-1"], {}),
     "eager_no_chunked_prefill": (["enforce_eager=true", "extra_args=[--no-enable-chunked-prefill]"], {}),
+    "eager_float32": (["enforce_eager=true", "dtype=float32"], {}),
 }
 
 

@@ -85,3 +85,20 @@ def test_the_same_run_on_cuda(tmp_path):
     result = tessera("train", "experiment=smoke", "trainer.device=cuda", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_json(tmp_path / "run" / "run.json")["status"] == "complete"
+
+
+def test_an_export_transfers_its_encoder_to_data_with_other_labels(smoke_run, tmp_path):
+    from safetensors.torch import load_file
+
+    data = tmp_path / "three.csv"
+    data.write_text("text,label\n" + "".join(f"sentence number {i} of the set,{'abc'[i % 3]}\n" for i in range(60)))
+    run = tmp_path / "run"
+    result = tessera("train", "experiment=smoke", "data=csv", f"data.path={data}", "trainer.epochs=0",
+                     f"model.pretrained={smoke_run / 'export'}", "model.random_init=false", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "has a 2-label head and the data has 3 labels (a, b, c)" in result.stdout + result.stderr
+    source = load_file(smoke_run / "export" / "model.safetensors")
+    transferred = load_file(run / "export" / "model.safetensors")
+    assert transferred["classifier.weight"].shape[0] == 3
+    encoder = [name for name in source if not name.startswith("classifier")]
+    assert encoder and all((source[name] == transferred[name]).all() for name in encoder)

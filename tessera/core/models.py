@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from tessera.core.errors import ConfigError
+
+log = logging.getLogger("tessera")
 
 #: The task name of each set of heads a run's objectives train together.
 TASKS = {
@@ -81,7 +84,23 @@ def load_model(model_cfg, task: str, labels: list[str], tokenizer, seed: int):
         config = AutoConfig.from_pretrained(path, **dict(model_cfg.config_overrides), **extra)
         return auto_class.from_config(config)
     transformers.logging.set_verbosity_error()
-    return auto_class.from_pretrained(path, dtype=torch.float32, **extra)
+    return auto_class.from_pretrained(path, dtype=torch.float32, **extra, **_new_head(path, task, labels))
+
+
+def _new_head(path, task: str, labels: list[str]) -> dict:
+    """``from_pretrained`` options for a checkpoint whose classification head has another number of labels than
+    the run's (a transferred export, say): its encoder is kept and a new head is started, with a warning."""
+    from transformers import AutoConfig
+
+    if task != "sequence-classification":
+        return {}
+    saved = AutoConfig.from_pretrained(path)
+    if saved.num_labels == len(labels):
+        return {}
+    if any(name.endswith("ForSequenceClassification") for name in saved.architectures or []):
+        log.warning("%s has a %d-label head and the data has %d labels (%s): its encoder is kept, the head starts "
+                    "anew", path, saved.num_labels, len(labels), ", ".join(labels))
+    return {"ignore_mismatched_sizes": True}
 
 
 def module_names(model_cfg, task: str) -> dict[str, str]:

@@ -100,7 +100,9 @@ class Instruction(Objective):
         return shifted_loss(outputs, batch["lm_labels"])
 
     def evaluate(self, run, model, tokenizer, examples, split):
-        """Exact-match accuracy of the greedy answer's first word against the label (and the answers for test)."""
+        """Accuracy of the greedy answers (written out for the test split): ``exact_match`` when the answer's first
+        word is the label, ``label_accuracy`` when the answer names the right label and no other (a chatty "This
+        review is positive" counts there, not in exact match)."""
         import torch
 
         from tessera.core.batching import collate, sequential_batches
@@ -122,10 +124,13 @@ class Instruction(Objective):
                 answers += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         words = [(re.findall(r"[a-z]+", answer.lower()) or [""])[0] for answer in answers]
         correct = [word == e["label_text"].lower() for word, e in zip(words, examples)]
+        labels = {e["label_text"].lower() for e in examples}
+        named = [labels.intersection(re.findall(r"[a-z]+", answer.lower())) for answer in answers]
+        right_label = [found == {e["label_text"].lower()} for found, e in zip(named, examples)]
         if split == "test":
             write_text(run.dir / "predictions.jsonl", "".join(
                 json.dumps({"text": e["text"], "label": e["label_text"], "answer": answer}) + "\n"
                 for e, answer in zip(examples, answers)
             ))
-        return {"exact_match": sum(correct) / len(correct)}
+        return {"exact_match": sum(correct) / len(correct), "label_accuracy": sum(right_label) / len(right_label)}
 
