@@ -161,4 +161,5 @@ def tessera_federated_round_end(run, round_number, metrics):
 @hookspec
 def tessera_run_end(run, status, metrics):
     """Called once per job at its end: ``status`` is ``"complete"`` or ``"failed"``; ``metrics`` the test metrics
-    (empty when the run failed). Loggers flush and close here."""
+    (empty when the run failed). Loggers flush and close here. A run that fails before training (in augmentation,
+    retrieval or model loading) ends without a ``tessera_run_start``."""
