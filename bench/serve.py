@@ -296,6 +296,7 @@ SWEEP = {
     "eager_bind_0-1": (["enforce_eager=true", "cpu_threads_bind=0-1"], {}),
     "eager_no_chunked_prefill": (["enforce_eager=true", "extra_args=[--no-enable-chunked-prefill]"], {}),
     "eager_float32": (["enforce_eager=true", "dtype=float32"], {}),
+    "eager_again": (["enforce_eager=true"], {}),  # the same flags as "eager": the noise between two servers (A/A)
 }
 
 
