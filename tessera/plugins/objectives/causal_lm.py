@@ -47,7 +47,7 @@ class CausalLM(Objective):
         _requires_decoder(self, composition)
 
     def items(self, examples, tokenizer, max_length, seed):
-        encoded = tokenizer([e["text"] for e in examples], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer([e["text"] for e in examples], add_special_tokens=False, verbose=False)["input_ids"]
         eos = [tokenizer.eos_token_id]
         if self.config.packing:
             stream = [token for ids in encoded for token in ids + eos]

@@ -22,7 +22,7 @@ class MaskedLMConfig(ObjectiveConfig):
 def chunk_texts(examples, tokenizer, max_length: int) -> list[dict]:
     """Each text tokenized and cut into windows of ``max_length`` tokens, framed by ``[CLS]`` ... ``[SEP]``."""
     body = max_length - 2
-    encoded = tokenizer([e["text"] for e in examples], add_special_tokens=False)["input_ids"]
+    encoded = tokenizer([e["text"] for e in examples], add_special_tokens=False, verbose=False)["input_ids"]
     return [
         {"input_ids": [tokenizer.cls_token_id, *ids[start : start + body], tokenizer.sep_token_id]}
         for ids in encoded
