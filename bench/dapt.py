@@ -29,7 +29,7 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
         check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return metrics.get("stages", metrics["test"])
+    return metrics["stages"] if "stages" in metrics else metrics["test"]
 
 
 def run_seed(seed: int, epochs: int, out: Path, pretrained: Path | None) -> dict:
@@ -50,7 +50,7 @@ def summary(values: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs of both fine-tunes")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of every stage (one epoch of MLM on the full reviews is 236 steps)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tessera-dapt"))
     parser.add_argument("--pretrain-each", action="store_true", help="an MLM stage for every seed")
     args = parser.parse_args()
