@@ -50,7 +50,8 @@ def summary(values: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=1, help="epochs of every stage (one epoch of MLM on the full reviews is 236 steps)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs of every stage (one epoch of MLM on the full reviews: 236 steps)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tessera-dapt"))
     parser.add_argument("--pretrain-each", action="store_true", help="an MLM stage for every seed")
     args = parser.parse_args()
