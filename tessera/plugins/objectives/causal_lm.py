@@ -122,11 +122,11 @@ class Instruction(Objective):
                     pad_token_id=tokenizer.pad_token_id,
                 )
                 answers += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        words = [(re.findall(r"[a-z]+", answer.lower()) or [""])[0] for answer in answers]
-        correct = [word == e["label_text"].lower() for word, e in zip(words, examples)]
-        labels = {e["label_text"].lower() for e in examples}
-        named = [labels.intersection(re.findall(r"[a-z]+", answer.lower())) for answer in answers]
-        right_label = [found == {e["label_text"].lower()} for found, e in zip(named, examples)]
+        words = [re.findall(r"[a-z]+", answer.lower()) for answer in answers]
+        truths = [e["label_text"].lower() for e in examples]
+        labels = set(truths)
+        correct = [said[:1] == [truth] for said, truth in zip(words, truths)]
+        right_label = [labels.intersection(said) == {truth} for said, truth in zip(words, truths)]
         if split == "test":
             write_text(run.dir / "predictions.jsonl", "".join(
                 json.dumps({"text": e["text"], "label": e["label_text"], "answer": answer}) + "\n"
