@@ -3,9 +3,9 @@
 Runs ``tessera train experiment=dapt`` (MLM on the unlabelled full reviews, then fine-tuning from that model, and
 the same fine-tuning from the base model) with the first seed. The MLM stage (full fine-tuning for at most 300
 steps, 236 at ``--epochs 1``; the longest part: about 15 minutes on 2 cores) then serves the other seeds, which
-repeat the two fine-tunes as the experiment's stages do (``tessera train model.pretrained=<dapt export>`` and ``tessera train``); ``--pretrain-each``
-runs the whole experiment for every seed instead. Prints one JSON object with the accuracies, their mean and
-standard deviation, and the mean gain of the MLM stage.
+repeat the two fine-tunes as the experiment's stages do (``tessera train model.pretrained=<dapt export>`` and
+``tessera train``); ``--pretrain-each`` runs the whole experiment for every seed instead. Prints one JSON object
+with the accuracies, their mean and standard deviation, and the mean gain of the MLM stage.
 
     .venv/bin/python bench/dapt.py [--seeds 0 1 2] [--epochs 1] [--out /tmp/tessera-dapt] [--pretrain-each]
 """
