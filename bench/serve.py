@@ -40,6 +40,7 @@ from pathlib import Path
 from tessera.core.assets import asset_path
 from tessera.serving.launcher import MIDDLEWARE, free_port, server_command, vllm_environment
 from tessera.serving.settings import load_settings
+from tessera.core.plugins import discover
 from tessera.serving.target import resolve
 
 NEW_TOKENS = 64
@@ -99,7 +100,7 @@ class Server:
             environment = {**os.environ, **extra, "TMPDIR": str(self.scratch)}
         else:
             parsed = load_settings(None, settings)
-            target = resolve(model_dir, name=parsed.name)
+            target = resolve(model_dir, discover(), name=parsed.name)
             command = server_command(target, parsed, free_port(parsed.host, 0))
             at = command.index("--middleware")
             command = command[:at] + command[at + 2:]

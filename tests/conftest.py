@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -40,6 +41,18 @@ def make_plugin(root: Path, name: str, source: str, distribution: str | None = N
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.3.0\n")
     (info / "entry_points.txt").write_text(f"[tessera]\n{name} = {module}\n")
     return root
+
+
+@functools.cache
+def plugins():
+    """The plugins of the test process, discovered once, with Hydra's ConfigStore filled from them (tests that
+    install a plugin package run tessera in a subprocess)."""
+    from tessera.core.cli import prepare_hydra
+    from tessera.core.plugins import discover
+
+    found = discover()
+    prepare_hydra(found)
+    return found
 
 
 def load_json(path: Path):

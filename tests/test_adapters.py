@@ -5,9 +5,9 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import tessera
+from conftest import plugins, tessera
 
-from tessera.core.cli import prepare_hydra, validate
+from tessera.core.cli import validate
 from tessera.core.errors import ConfigError, IncompatibleError
 from tessera.plugins.adapters.layers import depth, is_within, layer_count
 
@@ -19,7 +19,7 @@ ADAPTERS = [
 
 @pytest.fixture(autouse=True, scope="module")
 def hydra_store():
-    prepare_hydra()
+    plugins()
 
 
 def test_every_adapter_is_listed_by_tessera_plugins():
@@ -59,7 +59,7 @@ def test_layer_count_and_module_membership():
 @pytest.mark.parametrize("adapter", ["lora", "dora", "adalora", "loha", "lokr", "ia3"])
 def test_targets_the_model_lacks_are_refused_naming_both(adapter):
     with pytest.raises(IncompatibleError) as caught:
-        validate(["experiment=smoke", f"adapter={adapter}", f"adapter.{adapter}.target_modules=[q_proj]"])
+        validate(["experiment=smoke", f"adapter={adapter}", f"adapter.{adapter}.target_modules=[q_proj]"], plugins())
     message = str(caught.value)
     assert f"adapter={adapter}" in message and "model=tiny" in message
     assert "no modules named ['q_proj']" in message and "query" in message and "\n" not in message
@@ -68,14 +68,14 @@ def test_targets_the_model_lacks_are_refused_naming_both(adapter):
 def test_multi_lora_checks_the_targets_of_each_named_adapter():
     with pytest.raises(IncompatibleError, match=r"adapter\.multi_lora\.adapters\.ffn\.target_modules"):
         validate(["experiment=smoke", "adapter=multi_lora",
-                  "++adapter.multi_lora.adapters={attn: {target_modules: [query]}, ffn: {target_modules: [mlp]}}"])
+                  "++adapter.multi_lora.adapters={attn: {target_modules: [query]}, ffn: {target_modules: [mlp]}}"], plugins())
     with pytest.raises(ConfigError, match="adapter=multi_lora needs its adapters"):
-        validate(["experiment=smoke", "adapter=multi_lora"])
+        validate(["experiment=smoke", "adapter=multi_lora"], plugins())
 
 
 def test_adalora_without_a_step_budget_is_refused_naming_both():
     with pytest.raises(IncompatibleError) as caught:
-        validate(["experiment=smoke", "adapter=adalora", "trainer.epochs=0"])
+        validate(["experiment=smoke", "adapter=adalora", "trainer.epochs=0"], plugins())
     message = str(caught.value)
     assert message.startswith("adapter=adalora cannot be combined with trainer.epochs=0") and "step" in message
 
@@ -98,11 +98,11 @@ def test_prefix_tuning_is_refused_on_a_model_without_past_key_values(tmp_path):
     AutoTokenizer.from_pretrained(asset_path("minilm")).save_pretrained(tmp_path)
     model = ["model=tiny", f"model.pretrained={tmp_path}"]
     with pytest.raises(IncompatibleError) as caught:
-        validate(["experiment=smoke", *model, "adapter=prefix"])
+        validate(["experiment=smoke", *model, "adapter=prefix"], plugins())
     message = str(caught.value)
     assert "adapter=prefix" in message and "model=tiny" in message and "DistilBertForSequenceClassification" in message
     with pytest.raises(IncompatibleError, match=r"^adapter=prefix cannot be combined with model=tiny: PEFT cannot"):
-        validate(["experiment=smoke", *model, "adapter=prefix", "adapter.prefix.kind=prompt"])  # PEFT's dry run
+        validate(["experiment=smoke", *model, "adapter=prefix", "adapter.prefix.kind=prompt"], plugins())  # PEFT's dry run
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_prefix_tuning_is_refused_on_a_model_without_past_key_values(tmp_path):
 )
 def test_incompatible_stacks_are_refused_naming_both(overrides, first, second):
     with pytest.raises(IncompatibleError) as caught:
-        validate(["experiment=smoke", *overrides])
+        validate(["experiment=smoke", *overrides], plugins())
     assert str(caught.value).startswith(f"{first} cannot be combined with {second}: ")
 
 
@@ -132,7 +132,7 @@ def test_incompatible_stacks_are_refused_naming_both(overrides, first, second):
 )
 def test_bad_adapter_parameters_are_refused(overrides, message):
     with pytest.raises(ConfigError) as caught:
-        validate(["experiment=smoke", *overrides])
+        validate(["experiment=smoke", *overrides], plugins())
     assert message in str(caught.value)
 
 

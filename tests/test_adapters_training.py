@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_json
+from conftest import load_json, plugins
 
 from tessera import hookimpl
-from tessera.core.cli import compose_config, prepare_hydra
+from tessera.core.cli import compose_config
 
 #: 64 training sentences in batches of 16 for 2 epochs: 8 optimizer steps.
 RUN = ["experiment=smoke", "data.limit_train=64", "data.limit_eval=32", "trainer.epochs=2"]
@@ -64,13 +64,13 @@ def train(tmp_path_factory):
     """``train(*overrides)``: one complete in-process run (memoised) -> ``(run directory, recorder)``."""
     from tessera.core.pipeline import execute, prepare
 
-    prepare_hydra()
+    plugins()
     done = {}
 
     def run_with(*overrides):
         if overrides not in done:
-            cfg = compose_config([*RUN, *overrides])
-            run, splits = prepare(cfg, tmp_path_factory.mktemp("adapter") / "run")
+            cfg = compose_config([*RUN, *overrides], plugins())
+            run, splits = prepare(cfg, tmp_path_factory.mktemp("adapter") / "run", plugins())
             recorder = Recorder()
             run.composition.plugins.manager.register(recorder)
             execute(run, splits)
@@ -128,7 +128,7 @@ def test_prefix_export_says_the_merged_model_lacks_the_prefixes_and_peft_reprodu
     run_dir, _ = train("adapter=prefix")
     card = (run_dir / "export" / "README.md").read_text()
     assert "WITHOUT the learned prefixes" in card and "adapters/prefix cannot be served unmerged by vLLM" in card
-    cfg = compose_config([*RUN, "adapter=prefix"])
+    cfg = compose_config([*RUN, "adapter=prefix"], plugins())
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "export")
     base = load_model(cfg.model, "sequence-classification", ["negative", "positive"], tokenizer, cfg.trainer.seed)
     model = PeftModel.from_pretrained(base, run_dir / "export" / "adapters" / "prefix")
@@ -171,9 +171,9 @@ def test_layerwise_decay_sets_the_learning_rate_of_each_optimizer_group(tmp_path
     from tessera.core.run import Run, compose
     from tessera.core.trainer import _param_groups
 
-    prepare_hydra()
-    cfg = compose_config(["experiment=smoke", "adapter=[lora,llrd]", "adapter.llrd.decay=0.5"])
-    composition = compose(cfg)
+    plugins()
+    cfg = compose_config(["experiment=smoke", "adapter=[lora,llrd]", "adapter.llrd.decay=0.5"], plugins())
+    composition = compose(cfg, plugins())
     run = Run(composition, tmp_path)
     model = load_model(cfg.model, composition.task, ["negative", "positive"], load_tokenizer(cfg.model), 0)
     for adapter in composition.selected("adapter"):
@@ -219,7 +219,7 @@ def test_decoder_lora_run_exports_an_adapter_vllm_serves_unmerged(train):
     card = (run_dir / "export" / "README.md").read_text()
     assert "adapters/lora is served unmerged by vLLM: --enable-lora --lora-modules lora=export/adapters/lora" in card
 
-    cfg = compose_config([*RUN, *overrides])
+    cfg = compose_config([*RUN, *overrides], plugins())
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "export")
     base = load_model(cfg.model, "causal-lm", [], tokenizer, cfg.trainer.seed)
     unmerged = PeftModel.from_pretrained(base, adapter).eval()

@@ -1,14 +1,15 @@
 """The whole composition is validated before any work, with messages that list the valid names."""
 
 import pytest
+from conftest import plugins
 
-from tessera.core.cli import prepare_hydra, validate
+from tessera.core.cli import validate
 from tessera.core.errors import ConfigError, DataError, IncompatibleError
 
 
 @pytest.fixture(autouse=True, scope="module")
 def hydra_store():
-    prepare_hydra()
+    plugins()
 
 
 @pytest.mark.parametrize(
@@ -24,14 +25,14 @@ def hydra_store():
 )
 def test_bad_config_names_the_problem_and_the_choices(overrides, message):
     with pytest.raises(ConfigError) as caught:
-        validate(["experiment=smoke", *overrides])
+        validate(["experiment=smoke", *overrides], plugins())
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_incompatible_pair_names_both():
     with pytest.raises(IncompatibleError) as caught:
-        validate(["experiment=smoke", "adapter.lora.target_modules=[q_proj,v_proj]"])
+        validate(["experiment=smoke", "adapter.lora.target_modules=[q_proj,v_proj]"], plugins())
     message = str(caught.value)
     assert "adapter=lora" in message and "model=tiny" in message and "query" in message
 
@@ -39,17 +40,17 @@ def test_incompatible_pair_names_both():
 def test_override_types_are_checked_and_applied():
     from tessera.core.cli import compose_config
 
-    cfg = compose_config(["adapter=lora", "adapter.lora.r=4", "trainer.learning_rate=3e-4"])
+    cfg = compose_config(["adapter=lora", "adapter.lora.r=4", "trainer.learning_rate=3e-4"], plugins())
     assert cfg.adapter.lora.r == 4 and cfg.trainer.learning_rate == pytest.approx(3e-4)
-    assert list(compose_config(["adapter=none"]).adapter) == []
+    assert list(compose_config(["adapter=none"], plugins()).adapter) == []
 
 
 def test_user_data_without_a_path_is_refused():
     with pytest.raises(DataError, match=r"data=csv needs a file: add data.path="):
-        validate(["experiment=smoke", "data=csv"])
+        validate(["experiment=smoke", "data=csv"], plugins())
 
 
 def test_multirun_validates_every_job_before_any_runs():
-    validate(["-m", "experiment=smoke", "trainer.seed=1,2"], multirun=True)
+    validate(["-m", "experiment=smoke", "trainer.seed=1,2"], plugins(), multirun=True)
     with pytest.raises(ConfigError, match="unknown adapter 'lorax'"):
-        validate(["-m", "experiment=smoke", "adapter=lora,lorax"], multirun=True)
+        validate(["-m", "experiment=smoke", "adapter=lora,lorax"], plugins(), multirun=True)

@@ -10,12 +10,14 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import plugins
+from conftest import plugins
 
 from tessera.core import hookspecs
-from tessera.core.techniques import FAMILIES
+from tessera.core.techniques import CONFIG_FAMILIES, FAMILIES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-CONFIG_GROUPS = ("model", "data", "trainer", "serve", "plugins", *FAMILIES)
+CONFIG_GROUPS = ("model", "data", "trainer", "serve", "plugins", *CONFIG_FAMILIES)
 
 
 def hookspec_signatures(module) -> dict[str, str]:
@@ -68,10 +70,9 @@ def test_config_groups_are_documented(group):
 
 def builtin_techniques() -> list[tuple[str, str]]:
     """``(family, name)`` of every technique that tessera's own plugins register."""
-    from tessera.core.plugins import get_plugins
-
-    plugins = get_plugins()
-    return [(spec.family, spec.name) for spec in plugins.registry.specs() if plugins.infos[spec.plugin].builtin]
+    found = plugins()
+    return [(spec.family, spec.name) for spec in found.registry.specs()
+            if found.infos[spec.plugin].builtin and spec.family in CONFIG_FAMILIES]
 
 
 @pytest.mark.parametrize("family, name", builtin_techniques())

@@ -3,6 +3,7 @@ saving and caching."""
 
 import numpy as np
 import pytest
+from conftest import plugins
 
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.embeddings import (
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def nations():
-    return load_graph("pykeen:nations")
+    return load_graph("pykeen:nations", plugins())
 
 
 def brute_force_ranks(scorer, graph, split):
@@ -118,6 +119,6 @@ def test_save_load_and_cache(nations, tmp_path, monkeypatch):
     (tmp_path / "home" / "assets").mkdir(parents=True)
     (tmp_path / "home" / "assets" / "pykeen").symlink_to(REAL_HOME / "assets" / "pykeen")
     config = KGEConfig(dim=8, epochs=2)
-    first = cached_embeddings("pykeen:nations", config)
-    assert embeddings_path("pykeen:nations", config).is_file()
-    assert np.array_equal(cached_embeddings("pykeen:nations", config).entities, first.entities)
+    first = cached_embeddings("pykeen:nations", config, plugins())
+    assert embeddings_path("pykeen:nations", config, plugins()).is_file()
+    assert np.array_equal(cached_embeddings("pykeen:nations", config, plugins()).entities, first.entities)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_json, tessera
+from conftest import load_json, plugins, tessera
 
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.injection import TextInjector
@@ -105,7 +105,7 @@ def fused_tiny_model(tiny_bert):
 
     model, tokenizer = tiny_bert
     model = copy.deepcopy(model).eval()
-    graph = load_graph("pykeen:nations")
+    graph = load_graph("pykeen:nations", plugins())
     vectors = np.random.default_rng(0).normal(size=(graph.num_entities, 8)).astype(np.float32)
     return attach_fusion(model, tokenizer, EntityLinker(graph, lemmatize=False), vectors), tokenizer
 
@@ -143,12 +143,12 @@ def test_fused_export_reloads_with_the_same_predictions(tiny_bert, tmp_path):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     save_fusion(fusion_of(model), tmp_path, "pykeen:nations", fusion_of(model).token_linker.linker)
-    reloaded, reloaded_tokenizer = load_fused(tmp_path)
+    reloaded, reloaded_tokenizer = load_fused(tmp_path, plugins())
     batch = reloaded_tokenizer(["usa sends aid to india", "nothing here"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(reloaded.eval()(**batch).logits, model(**batch).logits, atol=1e-6)
     with pytest.raises(GraphError, match="has no entity_fusion/fusion.json"):
-        load_fused(tmp_path / "missing")
+        load_fused(tmp_path / "missing", plugins())
 
 
 @pytest.mark.slow
@@ -183,7 +183,7 @@ def test_composed_run_with_entity_fusion_exports_the_fusion(tmp_path):
 
     from tessera.graphs.fusion import load_fused
 
-    model, tokenizer = load_fused(run / "export")
+    model, tokenizer = load_fused(run / "export", plugins())
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:16]
     batch = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
     with torch.no_grad():
@@ -203,9 +203,9 @@ def test_composed_run_with_entity_fusion_exports_the_fusion(tmp_path):
     ],
 )
 def test_bad_kg_configuration_is_refused_before_work(overrides, message):
-    from tessera.core.cli import prepare_hydra, validate
+    from tessera.core.cli import validate
     from tessera.core.errors import ConfigError
 
-    prepare_hydra()
+    plugins()
     with pytest.raises(ConfigError, match=message):
-        validate(["experiment=smoke", *overrides])
+        validate(["experiment=smoke", *overrides], plugins())

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_plugin, tessera
+from conftest import make_plugin, plugins, tessera
 
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.loaders import cache_dir, load_graph, loader_classes, resolve
@@ -59,33 +59,33 @@ def test_builtin_loaders_register_through_the_hook():
 
 
 def test_sources_resolve_or_explain(tmp_path):
-    assert resolve("pykeen:umls").argument == "umls"
+    assert resolve("pykeen:umls", plugins()).argument == "umls"
     ttl = tmp_path / "g.ttl"
     ttl.write_text("<http://a> <http://b> <http://c> .\n")
-    assert resolve(str(ttl)).name == "rdf" and resolve(f"rdf:{ttl}").path == ttl
+    assert resolve(str(ttl), plugins()).name == "rdf" and resolve(f"rdf:{ttl}", plugins()).path == ttl
     with pytest.raises(GraphError, match="unknown graph source 'dbpedia': choose one of commonsense, go, pykeen, rdf"):
-        resolve("dbpedia")
+        resolve("dbpedia", plugins())
     with pytest.raises(GraphError, match="unknown PyKEEN dataset 'fb15k'"):
-        resolve("pykeen:fb15k")
+        resolve("pykeen:fb15k", plugins())
     with pytest.raises(GraphError, match="graph source pykeen needs an argument"):
-        resolve("pykeen")
+        resolve("pykeen", plugins())
     with pytest.raises(GraphError, match="graph source wordnet takes no argument"):
-        resolve("wordnet:3.1")
+        resolve("wordnet:3.1", plugins())
 
 
 def test_rdf_source_is_cached_and_reparsed_when_the_file_changes(tmp_path, private_cache):
     ttl = tmp_path / "g.ttl"
     ttl.write_text("<http://a> <http://b> <http://c> .\n")
-    graph = load_graph(f"rdf:{ttl}")
-    directory = cache_dir(resolve(f"rdf:{ttl}"))
+    graph = load_graph(f"rdf:{ttl}", plugins())
+    directory = cache_dir(resolve(f"rdf:{ttl}", plugins()))
     assert graph.num_triples == 1 and KnowledgeGraph.cached_meta(directory)["triples"] == 1
     assert directory.parent == private_cache / "kg"
-    assert load_graph(f"rdf:{ttl}") is graph  # once per process
+    assert load_graph(f"rdf:{ttl}", plugins()) is graph  # once per process
     ttl.write_text("<http://a> <http://b> <http://c> .\n<http://c> <http://b> <http://d> .\n")
     os.utime(ttl, ns=(1, 1))
-    assert cache_dir(resolve(f"rdf:{ttl}")) != directory
-    assert load_graph(f"rdf:{ttl}").num_triples == 2
-    assert load_graph(f"rdf:{ttl}", cache=False).num_triples == 2
+    assert cache_dir(resolve(f"rdf:{ttl}", plugins())) != directory
+    assert load_graph(f"rdf:{ttl}", plugins()).num_triples == 2
+    assert load_graph(f"rdf:{ttl}", plugins(), cache=False).num_triples == 2
 
 
 def test_tsv_rows_are_checked(tmp_path):
@@ -97,10 +97,10 @@ def test_tsv_rows_are_checked(tmp_path):
 
 def test_pykeen_nations_with_splits_through_a_fresh_cache(private_cache):
     need_asset("pykeen")
-    graph = load_graph("pykeen:nations")
+    graph = load_graph("pykeen:nations", plugins())
     assert (graph.num_entities, graph.num_relations, graph.num_triples) == (14, 55, 1992)
     assert {name: len(i) for name, i in graph.splits.items()} == {"train": 1592, "valid": 199, "test": 201}
-    reloaded = KnowledgeGraph.load(cache_dir(resolve("pykeen:nations")))
+    reloaded = KnowledgeGraph.load(cache_dir(resolve("pykeen:nations", plugins())))
     assert reloaded.split("test").tolist() == graph.split("test").tolist()
     assert graph.labels[graph.entity_id("usa")] == "usa"
 
@@ -111,13 +111,13 @@ def test_pykeen_nations_with_splits_through_a_fresh_cache(private_cache):
 )
 def test_real_graph_sizes(source, entities, triples):
     need_asset(source.partition(":")[0])
-    graph = load_graph(source)
+    graph = load_graph(source, plugins())
     assert (graph.num_entities, graph.num_triples) == (entities, triples)
 
 
 def test_gene_ontology_terms_synonyms_and_relations():
     need_asset("go")
-    graph = load_graph("go")
+    graph = load_graph("go", plugins())
     assert set(graph.relations) == {"is_a", "part_of", "regulates", "positively_regulates", "negatively_regulates"}
     reproduction = graph.entity_id("GO:0000003")
     assert graph.labels[reproduction] == "reproduction"
@@ -129,7 +129,7 @@ def test_gene_ontology_terms_synonyms_and_relations():
 @pytest.mark.slow
 def test_wordnet_graph():
     need_asset("wordnet")
-    graph = load_graph("wordnet")  # 30 s the first time, then read from the cache
+    graph = load_graph("wordnet", plugins())  # 30 s the first time, then read from the cache
     assert graph.num_entities == 117_659 and graph.num_triples > 200_000
     dog = graph.entity_id("dog.n.01")
     assert graph.labels[dog] == "dog"
@@ -164,6 +164,6 @@ def test_loaders_refuse_a_graph_too_large_before_parsing(monkeypatch):
 
     monkeypatch.setenv(MEMORY_ENV, "100000")
     with pytest.raises(GraphTooLargeError, match=f"pykeen:umls: about 6,529 triples x {PARSE_BYTES_PER_TRIPLE} bytes"):
-        load_graph("pykeen:umls", cache=False)
+        load_graph("pykeen:umls", plugins(), cache=False)
     with pytest.raises(GraphTooLargeError, match="parsing WordNet 3.0"):
-        load_graph("wordnet", cache=False)
+        load_graph("wordnet", plugins(), cache=False)

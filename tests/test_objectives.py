@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_json, tessera
+from conftest import load_json, plugins, tessera
 from omegaconf import OmegaConf
 
 from tessera.core.batching import IGNORE_INDEX, collate
-from tessera.core.cli import prepare_hydra, validate
+from tessera.core.cli import validate
 from tessera.core.errors import IncompatibleError
 from tessera.core.models import load_tokenizer
 from tessera.plugins.objectives.causal_lm import CausalLM, CausalLMConfig, Instruction, InstructionConfig
@@ -101,9 +101,9 @@ def test_instruction_loss_covers_only_the_answer(llama_tokenizer):
     ],
 )
 def test_incompatible_objectives_are_refused_naming_both(overrides, first, second):
-    prepare_hydra()
+    plugins()
     with pytest.raises(IncompatibleError) as caught:
-        validate(["experiment=smoke", "data=full_reviews", *overrides])
+        validate(["experiment=smoke", "data=full_reviews", *overrides], plugins())
     assert first in str(caught.value) and second in str(caught.value)
 
 

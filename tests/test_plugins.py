@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import make_plugin, tessera
+from conftest import make_plugin, plugins, tessera
 
 from tessera.core.errors import ConfigError
 from tessera.core.techniques import FAMILIES
@@ -35,10 +35,10 @@ def plugins_json(env=None) -> dict:
     return json.loads(result.stdout)
 
 
-def test_plugins_json_lists_the_eight_families_and_the_builtins():
+def test_plugins_json_lists_every_family_and_the_builtins():
     report = plugins_json()
     assert list(report["techniques"]) == list(FAMILIES)
-    assert len(FAMILIES) == 8
+    assert len(FAMILIES) == 9 and "kg_loader" in report["techniques"]
     assert all(isinstance(names, list) for names in report["techniques"].values())
     assert "classification" in report["techniques"]["objective"]
     assert "lora" in report["techniques"]["adapter"]
@@ -97,21 +97,21 @@ def test_environment_block_and_allow_lists(tmp_path):
 
 
 def test_config_key_blocks_a_plugin_for_one_run():
-    from tessera.core.cli import prepare_hydra, validate
+    from tessera.core.cli import validate
 
-    prepare_hydra()
+    plugins()
     with pytest.raises(ConfigError, match="comes from plugin 'tessera.adapters'"):
-        validate(["experiment=smoke", "plugins.block=[tessera.adapters]"])
-    validate(["experiment=smoke", "adapter=none", "plugins.block=[tessera.adapters]"])
+        validate(["experiment=smoke", "plugins.block=[tessera.adapters]"], plugins())
+    validate(["experiment=smoke", "adapter=none", "plugins.block=[tessera.adapters]"], plugins())
     with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
-        validate(["experiment=smoke", "plugins.block=[nope]"])
+        validate(["experiment=smoke", "plugins.block=[nope]"], plugins())
 
 
 def test_blocked_logger_receives_no_events():
-    from tessera.core.cli import compose_config, prepare_hydra
+    from tessera.core.cli import compose_config
     from tessera.core.run import compose
 
-    prepare_hydra()
-    composition = compose(compose_config(["experiment=smoke", "plugins.block=[tessera.tensorboard]"]))
+    plugins()
+    composition = compose(compose_config(["experiment=smoke", "plugins.block=[tessera.tensorboard]"], plugins()), plugins())
     registered = {name for name, _ in composition.plugins.manager.list_name_plugin()}
     assert "tessera.tensorboard" not in registered and "tessera.console" in registered

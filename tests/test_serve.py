@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tessera
+from conftest import REPO, plugins, tessera
 
 from tessera.core.techniques import KGRetriever
 from tessera.serving.knowledge import KnowledgeFront
@@ -151,11 +151,11 @@ def test_serve_settings_are_checked(smoke_run):
 
 
 def test_a_classifier_run_is_served_merged(smoke_run):
-    target = resolve(smoke_run)
+    target = resolve(smoke_run, plugins())
     assert target.kind == "classify" and target.model_dir == smoke_run / "export"
     assert target.name == "tiny-movie_reviews" and target.adapters == {}
     assert "served merged" in target.notes[0] and "no LoRA for classifiers" in target.notes[0]
-    assert resolve(smoke_run / "export").model_dir == target.model_dir
+    assert resolve(smoke_run / "export", plugins()).model_dir == target.model_dir
     settings = load_settings(target.run_cfg, ["port=0", "serve.max_num_seqs=4"])
     assert (settings.host, settings.port, settings.max_num_seqs) == ("127.0.0.1", 0, 4)
     assert kv_cache_bytes(settings, target.model_dir, "float32") == 64 * 2**20
@@ -175,10 +175,10 @@ def test_a_multi_stage_run_serves_its_last_stage_with_an_export(smoke_run, tmp_p
         shutil.copytree(smoke_run / "export", run / "stages" / stage / "export")
         (run / "stages" / stage / "config.yaml").write_text(config)
         (run / "stages" / stage / "run.json").write_text('{"status": "complete"}')
-    target = resolve(run)
+    target = resolve(run, plugins())
     assert target.model_dir == run / "stages" / "second" / "export"
     assert target.notes[0].startswith("serving the last stage, second")
-    assert resolve(run / "stages" / "first").model_dir == run / "stages" / "first" / "export"
+    assert resolve(run / "stages" / "first", plugins()).model_dir == run / "stages" / "first" / "export"
 
 
 class Bracketed(KGRetriever):

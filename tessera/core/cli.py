@@ -1,21 +1,24 @@
-"""The ``tessera`` command line: ``train`` (a Hydra application), ``plugins``, ``assets``.
+"""The ``tessera`` command line: ``train`` (a Hydra application), ``plugins``, and the verbs of the subsystems.
 
 User errors (:class:`~tessera.core.errors.TesseraError`, bad config overrides) print one line ``error: ...`` and
-exit with status 2. ``tessera train`` composes and validates every job of the command (all combinations of a
-``-m`` sweep) before Hydra creates any run directory.
+exit with status 2. ``tessera train`` discovers the plugins once (:func:`tessera.core.plugins.discover`), composes
+and validates every job of the command (all combinations of a ``-m`` sweep) before Hydra creates any run
+directory, then hands each job to :class:`tessera.core.job.Job` with those plugins.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import re
 import json
 import os
+import re
 import sys
+from pathlib import Path
 
 import tessera
 from tessera.core.errors import ConfigError, TesseraError
+from tessera.core.plugins import Plugins, discover
 
 #: Hydra flags that print information instead of running a job: no validation before them.
 _HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
@@ -27,28 +30,49 @@ def _fail(error: Exception) -> None:
     raise SystemExit(2)
 
 
-def prepare_hydra() -> None:
-    """Put the schema and every registered technique config into Hydra's ConfigStore."""
+def prepare_hydra(plugins: Plugins) -> None:
+    """Put the schema, the families' defaults and every registered technique config into Hydra's ConfigStore."""
     from tessera.core.config import store_schema
-    from tessera.core.plugins import get_plugins
 
     store_schema()
-    get_plugins().registry.store_configs()
+    plugins.registry.store_configs()
 
 
-def compose_config(overrides: list[str]):
-    """Compose ``tessera train``'s config with ``overrides`` (no run directory, no Hydra job)."""
+def search_path_override(plugins: Plugins, overrides: list[str]) -> list[str]:
+    """``overrides`` with the plugins' config directories (``tessera_config_search_path``) added to
+    ``hydra.searchpath``, after any the user gave."""
+    entries = plugins.config_search_path()
+    if not entries:
+        return list(overrides)
+    given = [o for o in overrides if o.startswith("hydra.searchpath=")]
+    rest = [o for o in overrides if o not in given]
+    if given:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        entries = [*OverridesParser.create().parse_override(given[-1]).value(), *entries]
+    return [*rest, f"hydra.searchpath=[{','.join(entries)}]"]
+
+
+def compose_config(overrides: list[str], plugins: Plugins):
+    """Compose ``tessera train``'s config with ``overrides`` and the plugins' config directories (no run
+    directory, no Hydra job)."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
+    overrides = search_path_override(plugins, overrides)
+    if GlobalHydra.instance().is_initialized():  # inside the Hydra application: its config module is loaded
+        return compose("config", overrides=overrides)
     with initialize_config_module("tessera.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
-def _explain(error: Exception, overrides: list[str]) -> str:
+def _explain(error: Exception, overrides: list[str], plugins: Plugins) -> str:
     """One line for a Hydra / OmegaConf composition error, listing the valid names where there are some."""
     from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from tessera.core.techniques import CONFIG_FAMILIES
 
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
         group, _, name = error.missing_cfg_file.rpartition("/")
@@ -64,8 +88,16 @@ def _explain(error: Exception, overrides: list[str]) -> str:
     key = getattr(cause, "full_key", None)
     if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         parent_path, _, leaf = key.rpartition(".")
-        rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
-        base = compose_config(rest)
+        if parent_path in CONFIG_FAMILIES:
+            given = next((o for o in overrides if o.lstrip("+~").startswith(key + ".")), key)
+            if leaf not in plugins.registry.names(parent_path):
+                return f"{given}: unknown {parent_path} '{leaf}': choose one of {plugins.registry.choices(parent_path)}"
+            return (
+                f"{given} sets a parameter of {parent_path} '{leaf}', which is not selected: add {parent_path}={leaf} "
+                f"(or {parent_path}=[...,{leaf}] to stack it with others)"
+            )
+        rest = [o for o in overrides if not o.lstrip("+~").startswith((key + "=", key + "."))]
+        base = compose_config(rest, plugins)
         parent = OmegaConf.select(base, parent_path) if parent_path else base
         valid = sorted(parent.keys()) if hasattr(parent, "keys") else []
         close = difflib.get_close_matches(leaf, valid, n=1)
@@ -90,81 +122,100 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def validate(overrides: list[str], multirun: bool = False) -> None:
+def validate(overrides: list[str], plugins: Plugins, multirun: bool = False) -> None:
     """Compose and validate every job of the command; raise ``ConfigError`` / ``DataError`` on the first problem."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from tessera.core import stages
-    from tessera.core.pipeline import prepare
+    from tessera.core import job
 
-    for job in _jobs(overrides, multirun):
+    for overrides_of_job in _jobs(overrides, multirun):
         try:
-            cfg = compose_config(job)
-            planned = stages.plan(cfg, job, compose_config)
+            cfg = compose_config(overrides_of_job, plugins)
+            stages = job.plan(cfg, overrides_of_job, lambda o: compose_config(o, plugins), run_dir=None)
         except (HydraException, OmegaConfBaseException) as error:
-            raise ConfigError(_explain(error, job)) from None
-        if planned:
-            stages.validate(planned)
-        else:
-            prepare(cfg, run_dir=None)
+            raise ConfigError(_explain(error, overrides_of_job, plugins)) from None
+        job.validate(stages, plugins)
+
+
+def _warn(plugins: Plugins) -> None:
+    for failure in plugins.failures:
+        print(f"warning: skipped plugin {failure.name}: {failure.error} (see `tessera plugins`)", file=sys.stderr)
+    for warning in plugins.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def train(overrides: list[str]) -> int:
-    """``tessera train [hydra overrides]``: validate, then run the Hydra application."""
+    """``tessera train [hydra overrides]``: validate, then run the Hydra application, one :class:`Job` a run."""
     import hydra
+    from hydra.core.hydra_config import HydraConfig
 
-    from tessera.core.pipeline import run_job
-    from tessera.core.plugins import get_plugins
+    from tessera.core import job
 
-    prepare_hydra()
-    for failure in get_plugins().failures:
-        print(f"warning: skipped plugin {failure.name}: {failure.error} (see `tessera plugins`)", file=sys.stderr)
+    plugins = discover()
+    _warn(plugins)
+    plugins.check_strict()
+    prepare_hydra(plugins)
     if not _HYDRA_INFO_FLAGS.intersection(overrides):
         try:
-            validate(overrides, multirun=bool({"-m", "--multirun"}.intersection(overrides)))
+            validate(overrides, plugins, multirun=bool({"-m", "--multirun"}.intersection(overrides)))
         except TesseraError as error:
             _fail(error)
 
     @hydra.main(config_path="pkg://tessera.conf", config_name="config", version_base="1.3")
     def task(cfg):
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        job_overrides = list(hydra_cfg.overrides.task)
         try:
-            return run_job(cfg)
+            stages = job.plan(cfg, job_overrides, lambda o: compose_config(o, plugins), run_dir)
+            return job.Job(stages, run_dir, plugins).run()
         except TesseraError as error:
             _fail(error)
 
-    sys.argv = ["tessera train", *overrides]
+    sys.argv = ["tessera train", *search_path_override(plugins, overrides)]
     task()
     return 0
 
 
-def plugins_report() -> dict:
-    """``{"plugins": [{"name", "version"}...], "techniques": {family: [names]}, "failed": [...]}``."""
-    from tessera.core.plugins import get_plugins
+def plugins_report(plugins: Plugins) -> dict:
+    """``{"plugins": [{"name", "version", "distribution"}...], "techniques": {family: [names]},
+    "providers": {"family/name": plugin}, "failed": [{"name", "error"}...], "warnings": [...]}``."""
     from tessera.core.techniques import FAMILIES
 
-    plugins = get_plugins()
     return {
         "plugins": [{"name": i.name, "version": i.version, "distribution": i.distribution} for i in plugins.infos.values()],
         "techniques": {family: plugins.registry.names(family) for family in FAMILIES},
+        "providers": {f"{spec.family}/{spec.name}": spec.plugin for spec in plugins.registry.specs()},
         "failed": [{"name": f.name, "error": f.error} for f in plugins.failures],
+        "warnings": list(plugins.warnings),
     }
 
 
-def show_plugins(as_json: bool) -> int:
-    """``tessera plugins [--json]``."""
-    report = plugins_report()
+def show_plugins(as_json: bool, strict: bool) -> int:
+    """``tessera plugins [--json] [--strict]``: exit status 1 in strict mode when a plugin was skipped."""
+    plugins = discover()
+    report = plugins_report(plugins)
     if as_json:
         print(json.dumps(report, indent=2))
-        return 0
-    print("plugins:")
-    for plugin in report["plugins"]:
-        print(f"  {plugin['name']:<28} {plugin['version']:<10} ({plugin['distribution']})")
-    print("techniques:")
-    for family, names in report["techniques"].items():
-        print(f"  {family:<11} {', '.join(names) or '-'}")
-    for failure in report["failed"]:
-        print(f"skipped plugin {failure['name']}: {failure['error']}", file=sys.stderr)
+    else:
+        print("plugins:")
+        for plugin in report["plugins"]:
+            print(f"  {plugin['name']:<28} {plugin['version']:<10} ({plugin['distribution']})")
+        print("techniques:")
+        for family, names in report["techniques"].items():
+            shown = [name if report["providers"][f"{family}/{name}"].startswith("tessera.")
+                     else f"{name} [{report['providers'][f'{family}/{name}']}]" for name in names]
+            print(f"  {family:<11} {', '.join(shown) or '-'}")
+        for failure in report["failed"]:
+            print(f"skipped plugin {failure['name']}: {failure['error']}", file=sys.stderr)
+        for warning in report["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+    try:
+        plugins.check_strict(strict)
+    except TesseraError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -190,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         commands.add_parser(name, help=summary, add_help=False)
     listing = commands.add_parser("plugins", help="list installed plugins and their techniques")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--strict", action="store_true",
+                         help="exit with status 1 when a plugin was skipped (also: TESSERA_PLUGINS_STRICT=1)")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command in DELEGATED_COMMANDS:
@@ -197,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             return getattr(importlib.import_module(module), function)(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return show_plugins(args.json)
+        return show_plugins(args.json, args.strict)
     except TesseraError as error:
         _fail(error)
     except BrokenPipeError:  # `tessera plugins | head`: the reader left, nothing to report

@@ -6,10 +6,12 @@ the technique groups (``objective``, ``adapter``...) hold one typed node per sel
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
 from omegaconf import MISSING
+
+from tessera.core.techniques import CONFIG_FAMILIES, FAMILIES
 
 
 @dataclass
@@ -121,41 +123,46 @@ class PluginsConfig:
 
 @dataclass
 class StageConfig:
-    """One stage of a multi-stage experiment: the job's config with ``overrides``, trained and exported."""
+    """One stage of a multi-stage job: the job's config with ``overrides``, trained and exported."""
 
     name: str = MISSING
     #: Hydra overrides applied on top of the job's own (``objective=mlm``, ``data=full_reviews``...).
     overrides: list[str] = field(default_factory=list)
-    #: ``previous``: start from the previous stage's export; ``base``: from the configured base model.
+    #: Where the stage's model starts: ``base`` (the configured base model), ``previous`` (the export of the stage
+    #: before it) or the name of any earlier stage (its export).
     init: str = "previous"
 
 
 @dataclass
-class TesseraConfig:
-    """The whole composition of one run."""
-
+class _CoreConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
-    objective: dict[str, Any] = field(default_factory=dict)
-    adapter: dict[str, Any] = field(default_factory=dict)
-    augment: dict[str, Any] = field(default_factory=dict)
-    adversary: dict[str, Any] = field(default_factory=dict)
-    compress: dict[str, Any] = field(default_factory=dict)
-    ensemble: dict[str, Any] = field(default_factory=dict)
-    kg: dict[str, Any] = field(default_factory=dict)
-    aggregator: dict[str, Any] = field(default_factory=dict)
-    #: Stages of a multi-stage experiment (``experiment=dapt``), run in order in ``<run>/stages/<name>/``;
-    #: empty for a single-stage run.
-    stages: list[StageConfig] = field(default_factory=list)
-    #: Continue from the last checkpoint in the run directory (use with ``hydra.run.dir=<that run>``).
-    resume: bool = False
+
+
+#: The whole composition of one job: the core nodes, one node per technique family of
+#: :data:`tessera.core.techniques.FAMILIES` (its selected techniques by name, in config order), the stages of a
+#: multi-stage job (empty for a single run, run in order in ``<run>/stages/<name>/``), and ``resume`` (continue
+#: from the run directory's checkpoints: use with ``hydra.run.dir=<that run>``).
+TesseraConfig = make_dataclass(
+    "TesseraConfig",
+    [
+        *((family, dict[str, Any], field(default_factory=dict)) for family in CONFIG_FAMILIES),
+        ("stages", list[StageConfig], field(default_factory=list)),
+        ("resume", bool, False),
+    ],
+    bases=(_CoreConfig,),
+)
 
 
 def store_schema() -> None:
-    """Register the schema in Hydra's ConfigStore as ``tessera_schema`` (the first entry of the defaults list)."""
+    """Register the schema in Hydra's ConfigStore as ``tessera_schema``, and the default technique of every
+    family as ``tessera_families`` (the first two entries of ``conf/config.yaml``'s defaults list)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="tessera_schema", node=TesseraConfig, provider="tessera")
+    store = ConfigStore.instance()
+    store.store(name="tessera_schema", node=TesseraConfig, provider="tessera")
+    defaults = [{family: FAMILIES[family].default} for family in CONFIG_FAMILIES]
+    store.store(name="tessera_families", node={"defaults": defaults}, provider="tessera")

@@ -81,5 +81,5 @@ def export(run: Run, model, tokenizer, metrics: dict, base: str) -> Path:
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
         (partial / "README.md").write_text(model_card(run, metrics, base, unmerged, notes), encoding="utf-8")
-    run.emit("export", export_dir=target)
+    run.events.export(target)
     return target

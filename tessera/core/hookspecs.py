@@ -23,87 +23,28 @@ config ``run.cfg``, its directory ``run.dir`` and its selected techniques ``run.
 
 import pluggy
 
+from tessera.core.techniques import FAMILIES
+
 hookspec = pluggy.HookspecMarker("tessera")
 
 
-# --- registration: one hook per technique family ------------------------------------------------------------
+# --- registration: one hook per technique family, generated from the family table ---------------------------
 
 
-@hookspec
-def tessera_objectives():
-    """Return the :class:`~tessera.core.techniques.Objective` classes this plugin provides.
+def _registration_spec(family):
+    def spec():
+        pass
 
-    Family ``objective``. An objective turns a batch into a loss and declares the model head it trains
-    (``Objective.task``). Several objectives in one run are summed with their ``weight``.
-    """
-
-
-@hookspec
-def tessera_adapters():
-    """Return the :class:`~tessera.core.techniques.Adapter` classes this plugin provides.
-
-    Family ``adapter``. An adapter transforms the model before training (LoRA, freezing...) and knows how to
-    export it merged and, where it can, unmerged. ``adapter=none`` selects no adapter: full fine-tuning.
-    """
+    spec.__name__ = spec.__qualname__ = family.hook
+    spec.__doc__ = (
+        f"Return the :class:`~{family.base.__module__}.{family.base.__name__}` classes this plugin provides.\n\n"
+        f"Family ``{family.name}``. {family.summary}"
+    )
+    return hookspec(spec)
 
 
-@hookspec
-def tessera_augmenters():
-    """Return the :class:`~tessera.core.techniques.Augmenter` classes this plugin provides.
-
-    Family ``augment``. An augmenter maps training examples to training examples, deterministically from a seed.
-    """
-
-
-@hookspec
-def tessera_adversaries():
-    """Return the :class:`~tessera.core.techniques.Adversary` classes this plugin provides.
-
-    Family ``adversary``. An adversary owns the backward seam of a training step (FGM, PGD, FreeLB...).
-    At most one adversary is active in a run.
-    """
-
-
-@hookspec
-def tessera_compressors():
-    """Return the :class:`~tessera.core.techniques.Compressor` classes this plugin provides.
-
-    Family ``compress``. A compressor transforms the trained model after evaluation (pruning, quantization...).
-    """
-
-
-@hookspec
-def tessera_ensemblers():
-    """Return the :class:`~tessera.core.techniques.Ensembler` classes this plugin provides.
-
-    Family ``ensemble``. An ensembler combines the trained model with other models or their outputs.
-    """
-
-
-@hookspec
-def tessera_kg_retrievers():
-    """Return the :class:`~tessera.core.techniques.KGRetriever` classes this plugin provides.
-
-    Family ``kg``. A retriever maps text to knowledge-graph facts and injects them into the examples.
-    """
-
-
-@hookspec
-def tessera_kg_loaders():
-    """Return the :class:`~tessera.graphs.loaders.GraphLoader` classes (knowledge-graph sources) this plugin provides.
-
-    Each class has a ``name``, the source name of ``tessera kg ... NAME[:ARGUMENT]`` and of the ``graph`` parameter
-    of the ``kg`` techniques, and a ``load()`` that returns a :class:`~tessera.graphs.store.KnowledgeGraph`.
-    A name may be registered by one plugin only. Called when a graph source is resolved, not at start-up.
-    """
-
-
-@hookspec
-def tessera_aggregators():
-    """Return the :class:`~tessera.core.techniques.Aggregator` classes this plugin provides.
-
-    Family ``aggregator``. An aggregator combines client updates into a new global model in federated runs.
-    """
+for _family in FAMILIES.values():
+    globals()[_family.hook] = _registration_spec(_family)
 
 
 @hookspec
@@ -151,11 +92,6 @@ def tessera_evaluation(run, split, metrics):
 @hookspec
 def tessera_export(run, export_dir):
     """Called after the model is exported to ``export_dir`` (a Hugging Face directory), before the run ends."""
-
-
-@hookspec
-def tessera_federated_round_end(run, round_number, metrics):
-    """Called by the federated engine after each round is aggregated, with the round's 1-based number."""
 
 
 @hookspec

@@ -1,16 +1,17 @@
-"""The stages of one ``tessera train`` job, in order:
-data -> augment -> kg enrichment -> model + adapters -> train -> evaluate -> compress -> ensemble -> export.
+"""The work of one training stage, in phases:
+data -> augment -> kg enrichment -> model + adapters -> train -> evaluate -> export.
 
-Everything that can be checked without heavy work (the composition, the data files, the assets) is checked in
-:func:`prepare` before the first stage. The run directory records its state in ``run.json``
-(``running`` / ``complete`` / ``failed``); ``metrics.json`` and ``export/`` appear only when a run completes.
+:func:`prepare` checks everything that can be checked without heavy work (the composition, the data files, the
+assets) and returns the stage's :class:`~tessera.core.run.Run`; :func:`execute` runs the phases. The stage's
+directory records its state in ``run.json``: ``running`` while it works, then ``complete``, ``failed`` (with the
+error) or ``interrupted`` (with what ``resume=true`` will do); ``metrics.json`` and ``export/`` appear only when it
+completes. The job (:mod:`tessera.core.job`) decides which stages run and where.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,22 +19,22 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from tessera.core.data import Splits, load_splits
-from tessera.core.errors import TesseraError
 from tessera.core.files import write_json, write_text
 from tessera.core.models import pretrained_path
+from tessera.core.plugins import Plugins
 from tessera.core.run import Run, compose
 
 log = logging.getLogger("tessera")
 STATUS_FILE = "run.json"
 
 
-def prepare(cfg: DictConfig, run_dir: Path | None, check_model: bool = True) -> tuple[Run, Splits]:
+def prepare(cfg: DictConfig, run_dir: Path | None, plugins: Plugins, check_model: bool = True) -> tuple[Run, Splits]:
     """Validate the whole composition (techniques, data, assets) and return the run; no heavy work.
 
-    ``check_model=False`` skips the base-model check (a stage whose model is the previous stage's export)."""
+    ``check_model=False`` skips the base-model check (a stage whose model is an earlier stage's export)."""
     from tessera.core.trainer import check_trainer
 
-    composition = compose(cfg)
+    composition = compose(cfg, plugins)
     check_trainer(cfg.trainer)
     splits = load_splits(cfg.data, labelled=composition.needs_labels)
     if check_model:
@@ -43,41 +44,53 @@ def prepare(cfg: DictConfig, run_dir: Path | None, check_model: bool = True) -> 
     return run, splits
 
 
-def discard_unstarted(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but Hydra's own files, so no failed run looks like a run."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
+def status(directory: Path) -> dict:
+    """The ``run.json`` of a stage or job directory (``{}`` when there is none)."""
+    path = directory / STATUS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def write_status(directory: Path, state: str, **details) -> None:
+    """Write ``run.json`` of a stage or job directory: ``{"status": state, **details}``, atomically."""
+    write_json(directory / STATUS_FILE, {"status": state, **details})
+
+
+def ended(error: BaseException, directory: Path) -> tuple[str, dict]:
+    """How a stage or job in ``directory`` ended on ``error``, as ``(status, details)``: ``failed`` with the error
+    in one line, or ``interrupted`` (Ctrl-C or SIGTERM) with what ``resume=true`` will do."""
+    if isinstance(error, KeyboardInterrupt):
+        checkpoints = sorted(p.name for p in directory.glob("**/checkpoints/step-*") if p.suffix != ".partial")
+        where = f"its last checkpoint, {checkpoints[-1]}" if checkpoints else "the start (no checkpoint was written)"
+        return "interrupted", {"resume": f"rerun the same command with resume=true: it continues from {where}"}
+    message = str(error).strip().splitlines()
+    return "failed", {"error": f"{type(error).__name__}: {message[0]}" if message else type(error).__name__}
 
 
 @contextmanager
-def _stage(name: str, timings: dict):
+def _phase(name: str, timings: dict):
     started = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - started
 
 
-def _status(run: Run, status: str, **extra) -> None:
-    write_json(run.dir / STATUS_FILE, {"status": status, "composition": run.composition.describe(), **extra})
-
-
 def execute(run: Run, splits: Splits) -> dict:
-    """Run every stage of a prepared run and return its test metrics."""
+    """Run every phase of a prepared stage and return its test metrics."""
     from tessera.core.evaluate import evaluate_objectives, markdown_report
     from tessera.core.export import export
     from tessera.core.models import load_model, load_tokenizer
     from tessera.core.trainer import Trainer, planned_steps
 
     cfg, timings = run.cfg, {}
-    _status(run, "running")
+    write_status(run.dir, "running", composition=run.composition.describe())
     try:
         train, validation, test = splits.train, splits.validation, splits.test
-        with _stage("augment", timings):
+        with _phase("augment", timings):
             for augmenter in run.composition.selected("augment"):
                 train = augmenter.augment(train, cfg.trainer.seed)
-        with _stage("kg", timings):
+        with _phase("kg", timings):
             for retriever in run.composition.selected("kg"):
                 train, validation, test = (retriever.enrich(split, run) for split in (train, validation, test))
-        with _stage("model", timings):
+        with _phase("model", timings):
             tokenizer = load_tokenizer(cfg.model)
             items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
             run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
@@ -86,28 +99,24 @@ def execute(run: Run, splits: Splits) -> dict:
                 model = adapter.apply(model, run)
             for retriever in run.composition.selected("kg"):
                 model = retriever.attach(model, run)
-        with _stage("train", timings):
+        with _phase("train", timings):
+
             def validate(trained) -> dict:
                 metrics = evaluate_objectives(run, trained, tokenizer, validation, "validation")
-                run.emit("evaluation", split="validation", metrics=metrics)
+                run.events.evaluation("validation", metrics)
                 return metrics
 
             trainer = Trainer(run, model, items, tokenizer, validate)
             model = trainer.fit()
-        with _stage("evaluate", timings):
+        with _phase("evaluate", timings):
             metrics = evaluate_objectives(run, model, tokenizer, test, "test")
-            run.emit("evaluation", split="test", metrics=metrics)
-        with _stage("compress", timings):
-            for compressor in run.composition.selected("compress"):
-                model = compressor.compress(model, run)
-        with _stage("ensemble", timings):
-            for ensembler in run.composition.selected("ensemble"):
-                model = ensembler.combine(model, run)
-        with _stage("export", timings):
+            run.events.evaluation("test", metrics)
+        with _phase("export", timings):
             export(run, model.cpu(), tokenizer, metrics, cfg.model.pretrained)
-    except BaseException:
-        _status(run, "failed")
-        run.emit("run_end", status="failed", metrics={})
+    except BaseException as error:
+        state, details = ended(error, run.dir)
+        write_status(run.dir, state, composition=run.composition.describe(), **details)
+        run.events.run_end(state, {})
         raise
     timings["total"] = sum(timings.values())
     write_json(
@@ -115,40 +124,6 @@ def execute(run: Run, splits: Splits) -> dict:
         {"test": metrics, "seconds": timings, "steps": run.total_steps, **trainer.history},
     )
     write_text(run.dir / "report.md", markdown_report(run.composition.describe(), metrics, timings))
-    _status(run, "complete", test=metrics, seconds=timings["total"])
-    run.emit("run_end", status="complete", metrics=metrics)
+    write_status(run.dir, "complete", composition=run.composition.describe(), test=metrics, seconds=timings["total"])
+    run.events.run_end("complete", metrics)
     return metrics
-
-
-def run_single(cfg: DictConfig, run_dir: Path, check_model: bool = True) -> dict:
-    """Prepare and execute one run in ``run_dir`` (skipped when ``resume=true`` finds it complete); on bad input
-    the run directory is removed unless it is being resumed."""
-    status_file = run_dir / STATUS_FILE
-    if cfg.resume and status_file.is_file() and json.loads(status_file.read_text())["status"] == "complete":
-        log.info("run %s is already complete", run_dir)
-        return json.loads((run_dir / "metrics.json").read_text())["test"]
-    try:
-        run, splits = prepare(cfg, run_dir, check_model)
-    except TesseraError:
-        if not cfg.resume:
-            discard_unstarted(run_dir)
-        raise
-    log.info("run directory: %s", run_dir)
-    log.info("composition: %s", run.composition.describe())
-    return execute(run, splits)
-
-
-def run_job(cfg: DictConfig) -> dict:
-    """The Hydra task of ``tessera train``: one run, or the stages of a multi-stage experiment."""
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    from tessera.core import stages
-
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    if not cfg.stages:
-        return run_single(cfg, run_dir)
-    planned = stages.plan(cfg, list(hydra_cfg.overrides.task), lambda o: compose("config", overrides=o))
-    stages.validate(planned)
-    return stages.run(planned, run_dir)

@@ -4,11 +4,14 @@ Built-in techniques register through the same hooks as third-party ones. A plugi
 register, or that implements an unknown hook is reported by name in :attr:`Plugins.failures` and skipped; the host
 keeps working. ``TESSERA_PLUGINS_BLOCK=a,b`` blocks plugins by name; ``TESSERA_PLUGINS_ALLOW=a,b`` loads only the
 named third-party plugins. The config keys ``plugins.block`` / ``plugins.allow`` do the same for one run.
+``TESSERA_PLUGINS_STRICT=1`` turns a skipped plugin into an error (for a CI job).
+
+There is no process-wide plugin manager: the command line calls :func:`discover` once and passes the
+:class:`Plugins` it returns to everything that needs them (the job, Hydra's search path, the graph loaders).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -20,11 +23,12 @@ import tessera
 from tessera.core import hookspecs
 from tessera.core.errors import ConfigError, PluginError
 from tessera.core.registry import Registry
-from tessera.core.techniques import FAMILY_HOOKS
+from tessera.core.techniques import FAMILIES
 
 ENTRY_POINT_GROUP = "tessera"
 ALLOW_ENV = "TESSERA_PLUGINS_ALLOW"
 BLOCK_ENV = "TESSERA_PLUGINS_BLOCK"
+STRICT_ENV = "TESSERA_PLUGINS_STRICT"
 
 #: Built-in plugins: name -> module. They are registered exactly like third-party ones.
 BUILTIN_PLUGINS = {
@@ -65,6 +69,8 @@ class Plugins:
     infos: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     registry: Registry = field(default_factory=Registry)
+    #: Problems that skip nothing but deserve a line (a block list naming a plugin that is not installed).
+    warnings: list[str] = field(default_factory=list)
     _objects: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -87,6 +93,20 @@ class Plugins:
         }
         return _build(admitted, self.infos, list(self.failures))
 
+    def provider(self, family: str, name: str) -> str:
+        """The plugin that provides ``family=name``."""
+        return self.registry.get(family, name).plugin
+
+    def config_search_path(self) -> list[str]:
+        """The config directories that the plugins return from ``tessera_config_search_path``."""
+        return [entry for entries in self.hook.tessera_config_search_path() for entry in entries or []]
+
+    def check_strict(self, strict: bool = False) -> None:
+        """Raise a ``PluginError`` when a plugin was skipped and ``strict`` (or ``TESSERA_PLUGINS_STRICT``) is on."""
+        if self.failures and (strict or os.environ.get(STRICT_ENV, "").lower() not in ("", "0", "false", "no")):
+            skipped = "; ".join(f"{f.name} ({f.error})" for f in self.failures)
+            raise PluginError(f"strict mode: {len(self.failures)} plugin(s) skipped: {skipped}")
+
 
 def _admitted(name: str, builtin: bool, allow: list[str] | None, block: list[str]) -> bool:
     if name in block:
@@ -99,15 +119,23 @@ def _env_list(variable: str) -> list[str] | None:
     return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _discover() -> tuple[dict[str, object], dict[str, PluginInfo], list[PluginFailure]]:
+def _discover() -> tuple[dict[str, object], dict[str, PluginInfo], list[PluginFailure], list[str]]:
     """Import the built-in modules and every ``tessera`` entry point; failures are recorded, not raised."""
     allow, block = _env_list(ALLOW_ENV), _env_list(BLOCK_ENV) or []
     objects, infos, failures = {}, {}, []
+    entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    known = {*BUILTIN_PLUGINS, *(entry_point.name for entry_point in entry_points)}
+    warnings = [
+        f"{BLOCK_ENV} names '{name}', which is not an installed plugin: installed plugins are "
+        f"{', '.join(sorted(known))}"
+        for name in block
+        if name not in known
+    ]
     for name, module in BUILTIN_PLUGINS.items():
         if _admitted(name, True, allow, block):
             objects[name] = importlib.import_module(module)
             infos[name] = PluginInfo(name, "tessera", tessera.__version__, builtin=True)
-    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in entry_points:
         name = entry_point.name
         if name in objects or not _admitted(name, False, allow, block):
             continue
@@ -118,7 +146,7 @@ def _discover() -> tuple[dict[str, object], dict[str, PluginInfo], list[PluginFa
             failures.append(PluginFailure(name, f"import failed: {type(error).__name__}: {error}"))
             continue
         infos[name] = PluginInfo(name, dist.name if dist else "?", dist.version if dist else "?", builtin=False)
-    return objects, infos, failures
+    return objects, infos, failures, warnings
 
 
 def _build(objects: dict[str, object], infos: dict[str, PluginInfo], failures: list[PluginFailure]) -> Plugins:
@@ -132,37 +160,26 @@ def _build(objects: dict[str, object], infos: dict[str, PluginInfo], failures: l
             unknown = [caller.name for caller in manager.get_hookcallers(obj) or [] if not caller.has_spec()]
             if unknown:
                 raise PluginError(f"implements unknown hooks {unknown}; see docs/plugins.md for the hook names")
-            for family, hook_name in FAMILY_HOOKS.items():
-                for impl in getattr(manager.hook, hook_name).get_hookimpls():
-                    if impl.plugin is obj:
-                        for cls in impl.function() or []:
-                            plugins.registry.add(family, cls, name)
+            others = [other for other in manager.get_plugins() if other is not obj]
+            for family in FAMILIES.values():
+                for classes in manager.subset_hook_caller(family.hook, remove_plugins=others)():
+                    for cls in classes or []:
+                        plugins.registry.add(family.name, cls, name)
         except Exception as error:
             if manager.is_registered(obj):
                 manager.unregister(obj)
             plugins.failures.append(PluginFailure(name, f"{type(error).__name__}: {error}"))
-            plugins.registry = _without(plugins.registry, name)
+            plugins.registry = plugins.registry.without(name)
             continue
         plugins.infos[name] = infos[name]
         plugins._objects[name] = obj
     return plugins
 
 
-def _without(registry: Registry, plugin: str) -> Registry:
-    cleaned = Registry()
-    for spec in registry.specs():
-        if spec.plugin != plugin:
-            cleaned.add(spec.family, spec.cls, spec.plugin)
-    return cleaned
-
-
-@functools.cache
-def get_plugins() -> Plugins:
-    """The process-wide plugins (environment filters applied), built on first use."""
-    return _build(*_discover())
-
-
-def load_plugins() -> Plugins:
-    """Rebuild the process-wide plugins from scratch (after installing or uninstalling a plugin package)."""
-    get_plugins.cache_clear()
-    return get_plugins()
+def discover() -> Plugins:
+    """Build the plugins of this process: the built-ins, then the ``tessera`` entry points, filtered by the
+    environment's allow / block lists. Call it once per command and pass the result on."""
+    objects, infos, failures, warnings = _discover()
+    plugins = _build(objects, infos, failures)
+    plugins.warnings = warnings
+    return plugins

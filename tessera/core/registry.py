@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from tessera.core.errors import ConfigError, PluginError
-from tessera.core.techniques import FAMILIES, FAMILY_BASES, Technique
+from tessera.core.techniques import CONFIG_FAMILIES, FAMILIES
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class TechniqueSpec:
 
     family: str
     name: str
-    cls: type[Technique]
+    cls: type
     plugin: str
 
 
@@ -27,14 +27,14 @@ class Registry:
 
     def add(self, family: str, cls: type, plugin: str) -> None:
         """Register ``cls`` under ``family``; refuses a class of the wrong family, a bad config or a taken name."""
-        base = FAMILY_BASES[family]
+        base = FAMILIES[family].base
         name = getattr(cls, "name", None)
         if not (isinstance(cls, type) and issubclass(cls, base)) or not isinstance(name, str):
             raise PluginError(
                 f"plugin '{plugin}' registered {cls!r} as a {family} technique, but it is not a subclass of "
-                f"tessera.core.techniques.{base.__name__} with a string `name`: fix the plugin's registration hook"
+                f"{base.__module__}.{base.__name__} with a string `name`: fix the plugin's registration hook"
             )
-        if not dataclasses.is_dataclass(cls.Config):
+        if family in CONFIG_FAMILIES and not dataclasses.is_dataclass(cls.Config):
             raise PluginError(f"plugin '{plugin}': {family} '{name}' has a Config that is not a dataclass")
         taken = self._specs[family].get(name)
         if taken is not None and taken.cls is not cls:
@@ -56,12 +56,20 @@ class Registry:
         return sorted(self._specs[family])
 
     def choices(self, family: str) -> str:
-        """The valid names of ``family`` for a message (``none`` included)."""
-        return ", ".join(["none", *self.names(family)])
+        """The valid names of ``family`` for a message (``none`` included for config groups)."""
+        return ", ".join([*(["none"] if family in CONFIG_FAMILIES else []), *self.names(family)])
 
     def specs(self) -> list[TechniqueSpec]:
         """Every registered technique, by family then name."""
         return [self._specs[f][n] for f in FAMILIES for n in self.names(f)]
+
+    def without(self, plugin: str) -> Registry:
+        """A copy of the registry without the techniques of ``plugin``."""
+        cleaned = Registry()
+        for spec in self.specs():
+            if spec.plugin != plugin:
+                cleaned.add(spec.family, spec.cls, spec.plugin)
+        return cleaned
 
     def store_configs(self) -> None:
         """Put every technique's config dataclass in Hydra's ConfigStore as ``<family>/<name>``.
@@ -72,13 +80,14 @@ class Registry:
         from hydra.core.config_store import ConfigStore
 
         store = ConfigStore.instance()
-        for family in FAMILIES:
+        for family in CONFIG_FAMILIES:
             store.store(group=family, name="none", node={}, package=family, provider="tessera")
         for spec in self.specs():
-            store.store(
-                group=spec.family,
-                name=spec.name,
-                node=spec.cls.Config,
-                package=f"{spec.family}.{spec.name}",
-                provider=spec.plugin,
-            )
+            if spec.family in CONFIG_FAMILIES:
+                store.store(
+                    group=spec.family,
+                    name=spec.name,
+                    node=spec.cls.Config,
+                    package=f"{spec.family}.{spec.name}",
+                    provider=spec.plugin,
+                )

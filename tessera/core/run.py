@@ -10,8 +10,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tessera.core.errors import ConfigError, IncompatibleError
-from tessera.core.plugins import Plugins, get_plugins
-from tessera.core.techniques import FAMILIES, Technique
+from tessera.core.plugins import Plugins
+from tessera.core.techniques import CONFIG_FAMILIES, FAMILIES, Technique
 
 
 @dataclass
@@ -49,8 +49,8 @@ class Composition:
         return {family: [t.name for t in found] for family, found in self.techniques.items() if found}
 
 
-def _instantiate(plugins: Plugins, family: str, name: str, node: Any) -> Technique:
-    full = get_plugins().registry
+def _instantiate(plugins: Plugins, full: Plugins, family: str, name: str, node: Any) -> Technique:
+    full = full.registry
     if name not in plugins.registry.names(family) and name in full.names(family):
         raise ConfigError(
             f"{family} '{name}' comes from plugin '{full.get(family, name).plugin}', which plugins.allow / "
@@ -68,17 +68,22 @@ def _instantiate(plugins: Plugins, family: str, name: str, node: Any) -> Techniq
                 f"unknown parameter {family}.{name}.{unknown[0]}: valid parameters are {', '.join(sorted(known))}"
             )
         config = spec.cls.Config(**(values or {}))
+    if not FAMILIES[family].engine:
+        raise ConfigError(
+            f"{family}={name} cannot run: tessera has no engine for the {family} family yet, so nothing would call "
+            f"it; remove it ({family}=none)"
+        )
     return spec.cls(config)
 
 
-def compose(cfg: DictConfig) -> Composition:
-    """Instantiate and cross-check the techniques ``cfg`` selects; raise a ``ConfigError`` before any work."""
-    plugins = get_plugins().restricted(
-        None if cfg.plugins.allow is None else list(cfg.plugins.allow), list(cfg.plugins.block)
-    )
+def compose(cfg: DictConfig, plugins: Plugins) -> Composition:
+    """Instantiate and cross-check the techniques ``cfg`` selects, with the plugins of the process (``plugins``)
+    restricted by ``cfg.plugins``; raise a ``ConfigError`` before any work."""
+    full = plugins
+    plugins = full.restricted(None if cfg.plugins.allow is None else list(cfg.plugins.allow), list(cfg.plugins.block))
     techniques = {
-        family: [_instantiate(plugins, family, name, node) for name, node in (cfg[family] or {}).items()]
-        for family in FAMILIES
+        family: [_instantiate(plugins, full, family, name, node) for name, node in (cfg[family] or {}).items()]
+        for family in CONFIG_FAMILIES
     }
     composition = Composition(cfg, plugins, techniques)
     objectives = composition.selected("objective")
@@ -105,7 +110,7 @@ def compose(cfg: DictConfig) -> Composition:
 
 @dataclass
 class Run:
-    """One job of ``tessera train``: its composition, directory and state shared with the plugins' event hooks."""
+    """One run (a stage of a job): its composition, directory and state shared with the plugins' event hooks."""
 
     composition: Composition
     dir: Path
@@ -113,6 +118,9 @@ class Run:
     total_steps: int = 0
     start_step: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.events = Events(self)
 
     @property
     def cfg(self) -> DictConfig:
@@ -124,6 +132,38 @@ class Run:
         """The selected techniques by family, in config order."""
         return self.composition.techniques
 
-    def emit(self, event: str, **kwargs: Any) -> None:
-        """Broadcast the lifecycle event ``tessera_<event>`` to the run's plugins."""
-        getattr(self.composition.plugins.hook, f"tessera_{event}")(run=self, **kwargs)
+
+class Events:
+    """The lifecycle events of one run as typed methods (tox's pattern): each calls its hook through pluggy, with
+    ``run`` filled in, so tracing, wrappers and ``tryfirst`` / ``trylast`` work as documented."""
+
+    def __init__(self, run: Run):
+        self._run, self._hook = run, run.composition.plugins.hook
+
+    def run_start(self) -> None:
+        """``tessera_run_start``: the model is built and restored, training starts."""
+        self._hook.tessera_run_start(run=self._run)
+
+    def before_optimizer_step(self, model, step: int) -> None:
+        """``tessera_before_optimizer_step``: the gradients of ``step`` are complete."""
+        self._hook.tessera_before_optimizer_step(run=self._run, model=model, step=step)
+
+    def step_end(self, step: int, metrics: dict) -> None:
+        """``tessera_step_end``: optimizer step ``step`` is done."""
+        self._hook.tessera_step_end(run=self._run, step=step, metrics=metrics)
+
+    def epoch_end(self, epoch: int, metrics: dict) -> None:
+        """``tessera_epoch_end``: epoch ``epoch`` is done and validated."""
+        self._hook.tessera_epoch_end(run=self._run, epoch=epoch, metrics=metrics)
+
+    def evaluation(self, split: str, metrics: dict) -> None:
+        """``tessera_evaluation``: ``split`` was evaluated."""
+        self._hook.tessera_evaluation(run=self._run, split=split, metrics=metrics)
+
+    def export(self, export_dir: Path) -> None:
+        """``tessera_export``: the export is in place."""
+        self._hook.tessera_export(run=self._run, export_dir=export_dir)
+
+    def run_end(self, status: str, metrics: dict) -> None:
+        """``tessera_run_end``: the run is over."""
+        self._hook.tessera_run_end(run=self._run, status=status, metrics=metrics)

@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from tessera.core.run import Composition, Run
 
-FAMILIES = ("objective", "adapter", "augment", "adversary", "compress", "ensemble", "kg", "aggregator")
-
-
 @dataclass
 class TechniqueConfig:
     """Parameters of a technique that takes none; technique configs subclass it."""
@@ -136,7 +133,8 @@ class Adversary(Technique):
 
 
 class Compressor(Technique):
-    """Transforms the trained model (pruning, quantization, sparsity, distillation)."""
+    """Transforms the trained model (pruning, quantization, sparsity, distillation). No engine calls it yet: a
+    selected compressor is refused (see :data:`FAMILIES`)."""
 
     family = "compress"
 
@@ -146,7 +144,7 @@ class Compressor(Technique):
 
 
 class Ensembler(Technique):
-    """Combines the trained model with other models or their outputs."""
+    """Combines several trained models or their outputs. No engine calls it yet: a selected ensembler is refused."""
 
     family = "ensemble"
 
@@ -171,7 +169,8 @@ class KGRetriever(Technique):
 
 
 class Aggregator(Technique):
-    """Combines client updates into a new global model state."""
+    """Combines client updates into a new global model state. No engine calls it yet: a selected aggregator is
+    refused."""
 
     family = "aggregator"
 
@@ -180,19 +179,67 @@ class Aggregator(Technique):
         """Return the new global state from the clients' ``(state, num_examples)`` updates."""
 
 
-FAMILY_BASES: dict[str, type[Technique]] = {
-    cls.family: cls
-    for cls in (Objective, Adapter, Augmenter, Adversary, Compressor, Ensembler, KGRetriever, Aggregator)
+@dataclass(frozen=True)
+class Family:
+    """One technique family: the single table entry that the registry, the hookspecs, the config schema and the
+    ``tessera plugins`` listing are all derived from."""
+
+    #: The family's name: its config group and registry key (``adapter=lora``).
+    name: str
+    #: The base class every technique of the family subclasses.
+    base: type
+    #: The registration hook that returns the family's classes (generated in :mod:`tessera.core.hookspecs`).
+    hook: str
+    #: What a technique of the family does (the hook's docstring).
+    summary: str
+    #: The config default (``none`` selects nothing); None: not a config group (graph loaders are named by a
+    #: technique's ``graph`` parameter and by ``tessera kg``, not selected on their own).
+    default: str | None = "none"
+    #: Whether tessera has an engine that calls the family. A technique of a family without one is refused when
+    #: selected: nothing would call it.
+    engine: bool = True
+
+
+def _graph_loader_base() -> type:
+    from tessera.graphs.loaders import GraphLoader
+
+    return GraphLoader
+
+
+#: The technique families, in the order of the pipeline's listing. Adding a family is one entry here.
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("objective", Objective, "tessera_objectives",
+               "An objective turns a batch into a loss and declares the model head it trains (``Objective.task``). "
+               "Several objectives in one run are summed with their ``weight``.", default="classification"),
+        Family("adapter", Adapter, "tessera_adapters",
+               "An adapter transforms the model before training (LoRA, freezing...) and knows how to export it "
+               "merged and, where it can, unmerged. ``adapter=none`` selects no adapter: full fine-tuning.",
+               default="lora"),
+        Family("augment", Augmenter, "tessera_augmenters",
+               "An augmenter maps training examples to training examples, deterministically from a seed."),
+        Family("adversary", Adversary, "tessera_adversaries",
+               "An adversary owns the backward seam of a training step (FGM, PGD, FreeLB...). At most one adversary "
+               "is active in a run."),
+        Family("compress", Compressor, "tessera_compressors",
+               "A compressor transforms a trained model (pruning, quantization...). tessera has no compression "
+               "engine yet: selecting a compressor is refused.", engine=False),
+        Family("ensemble", Ensembler, "tessera_ensemblers",
+               "An ensembler combines several trained models or their outputs. tessera has no ensemble engine yet: "
+               "selecting an ensembler is refused.", engine=False),
+        Family("kg", KGRetriever, "tessera_kg_retrievers",
+               "A retriever maps text to knowledge-graph facts and injects them into the examples (and may attach "
+               "knowledge to the model)."),
+        Family("aggregator", Aggregator, "tessera_aggregators",
+               "An aggregator combines client updates into a new global model. tessera has no federated engine "
+               "yet: selecting an aggregator is refused.", engine=False),
+        Family("kg_loader", _graph_loader_base(), "tessera_kg_loaders",
+               "A graph loader is a source of knowledge graphs, named ``NAME`` or ``NAME:ARGUMENT`` by the ``graph`` "
+               "parameter of the ``kg`` techniques and by ``tessera kg``; its ``load()`` returns a "
+               ":class:`~tessera.graphs.store.KnowledgeGraph`.", default=None),
+    )
 }
 
-#: The registration hook of each family (see :mod:`tessera.core.hookspecs`).
-FAMILY_HOOKS = {
-    "objective": "tessera_objectives",
-    "adapter": "tessera_adapters",
-    "augment": "tessera_augmenters",
-    "adversary": "tessera_adversaries",
-    "compress": "tessera_compressors",
-    "ensemble": "tessera_ensemblers",
-    "kg": "tessera_kg_retrievers",
-    "aggregator": "tessera_aggregators",
-}
+#: The families that are config groups (selected on the command line), in table order.
+CONFIG_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.default is not None)

@@ -198,7 +198,7 @@ class Trainer:
         """The seam after the gradients are complete: clip them, then let plugins act."""
         if self.cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        self.run.emit("before_optimizer_step", model=self.model, step=self.global_step + 1)
+        self.run.events.before_optimizer_step(self.model, self.global_step + 1)
 
     # --- loop ----------------------------------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ class Trainer:
         else:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)  # an earlier run's, in a reused directory
         self.run.start_step = self.global_step
-        self.run.emit("run_start")
+        self.run.events.run_start()
         accumulation = self.cfg.gradient_accumulation_steps
         while self.epoch < self.cfg.epochs and not self._finished():
             batches = batch_order(self.train, self.cfg.batch_size, self.cfg.seed, self.epoch, self.cfg.group_by_length)
@@ -237,7 +237,7 @@ class Trainer:
                     "epoch": self.epoch + self.batches_done / len(batches),
                 }
                 self.history["train"].append({"step": self.global_step, **metrics})
-                self.run.emit("step_end", step=self.global_step, metrics=metrics)
+                self.run.events.step_end(self.global_step, metrics)
                 losses, samples, started = [], 0, time.perf_counter()
                 if self._finished() and position + 1 < len(batches):
                     break  # max_steps reached inside an epoch
@@ -247,7 +247,7 @@ class Trainer:
                 self.epoch, self.batches_done = self.epoch + 1, 0
                 validation = self.validate(self.model)
                 self.history["validation"].append({"epoch": self.epoch, **validation})
-                self.run.emit("epoch_end", epoch=self.epoch, metrics=validation)
+                self.run.events.epoch_end(self.epoch, validation)
                 self._checkpoint()
         return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
 

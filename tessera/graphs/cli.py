@@ -62,24 +62,26 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run ``tessera kg`` with ``argv``. User errors raise a ``TesseraError``, which ``tessera`` prints as one
     line before exiting with status 2."""
+    from tessera.core.plugins import discover
+
     args = _parser().parse_args(argv)
-    return {"info": info, "load": load, "query": query, "embed": embed}[args.command](args)
+    return {"info": info, "load": load, "query": query, "embed": embed}[args.command](args, discover())
 
 
 def _print(payload: dict, as_json: bool, lines: list[str]) -> None:
     print(json.dumps(payload, indent=2) if as_json else "\n".join(lines))
 
 
-def info(args) -> int:
-    from tessera.graphs.loaders import cache_dir, load_graph, loader_classes, resolve
+def info(args, plugins) -> int:
+    from tessera.graphs.loaders import cache_dir, load_graph, resolve
 
     if args.source is None:
-        classes = loader_classes()
+        classes = {spec.name: spec.cls for spec in plugins.registry.specs() if spec.family == "kg_loader"}
         payload = {"loaders": [{"name": n, "summary": c.summary, "argument": c.argument_help}
                                for n, c in sorted(classes.items())]}
         _print(payload, args.json, [f"{n:<12} {c.summary}" for n, c in sorted(classes.items())])
         return 0
-    graph = load_graph(args.source)
+    graph = load_graph(args.source, plugins)
     counts = sorted(zip(*_relation_counts(graph)), key=lambda item: -item[1])
     top = graph.degree.argsort()[::-1][: args.top]
     payload = {
@@ -93,7 +95,7 @@ def info(args) -> int:
         "top_relations": [{"relation": r, "triples": int(n)} for r, n in counts[: args.top]],
         "top_entities": [{"entity": graph.entities[i], "label": graph.labels[i], "degree": int(graph.degree[i])}
                          for i in top],
-        "cache": str(cache_dir(resolve(args.source))),
+        "cache": str(cache_dir(resolve(args.source, plugins))),
     }
     lines = [
         f"{graph.name}: {graph.num_entities:,} entities, {graph.num_relations} relations, "
@@ -113,14 +115,14 @@ def _relation_counts(graph):
     return graph.relations, np.bincount(graph.triples[:, 1], minlength=graph.num_relations).tolist()
 
 
-def load(args) -> int:
+def load(args, plugins) -> int:
     from tessera.graphs.loaders import cache_dir, load_graph, resolve
     from tessera.graphs.store import KnowledgeGraph
 
-    directory = cache_dir(resolve(args.source))
+    directory = cache_dir(resolve(args.source, plugins))
     cached = KnowledgeGraph.cached_meta(directory) is not None and not args.refresh
     started = time.perf_counter()
-    graph = load_graph(args.source, refresh=args.refresh)
+    graph = load_graph(args.source, plugins, refresh=args.refresh)
     seconds = time.perf_counter() - started
     print(f"{graph!r} {'read from the cache' if cached else 'parsed and cached'} in {seconds:.2f} s at {directory}")
     if args.export:
@@ -132,10 +134,10 @@ def load(args) -> int:
     return 0
 
 
-def query(args) -> int:
+def query(args, plugins) -> int:
     from tessera.graphs.loaders import load_graph
 
-    graph = load_graph(args.source)
+    graph = load_graph(args.source, plugins)
     if args.sparql:
         from tessera.graphs.rdf import sparql
 
@@ -166,7 +168,7 @@ def query(args) -> int:
     return 0
 
 
-def embed(args) -> int:
+def embed(args, plugins) -> int:
     from tessera.graphs.embeddings import KGEConfig, embeddings_path, train_embeddings
     from tessera.graphs.loaders import load_graph
 
@@ -174,12 +176,12 @@ def embed(args) -> int:
                        learning_rate=args.lr, negatives=args.negatives, loss=args.loss, encoder=args.encoder,
                        seed=args.seed, threads=args.threads)
     config.check()
-    graph = load_graph(args.source)
+    graph = load_graph(args.source, plugins)
     evaluate = args.evaluate or ("test" if "test" in graph.splits else "none")
     evaluate = None if evaluate == "none" else evaluate
     trained = train_embeddings(graph, config, evaluate=evaluate,
                                log=None if args.json else lambda line: print(line, flush=True))
-    path = trained.save(args.out or embeddings_path(args.source, config))
+    path = trained.save(args.out or embeddings_path(args.source, config, plugins))
     payload = {"graph": graph.name, "model": config.model, "dim": config.dim, "epochs": config.epochs,
                "seconds": round(trained.seconds, 3), "metrics": trained.metrics, "embeddings": str(path)}
     lines = [f"trained {config.model} (dim {config.dim}, {config.epochs} epochs) on {graph.name} in "

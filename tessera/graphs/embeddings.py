@@ -320,22 +320,22 @@ def _rank_metrics(ranks: np.ndarray) -> dict:
     }
 
 
-def embeddings_path(source: str, config: KGEConfig) -> Path:
-    """Where the embeddings of graph ``source`` trained with ``config`` are cached."""
+def embeddings_path(source: str, config: KGEConfig, plugins) -> Path:
+    """Where the embeddings of graph ``source`` (a loader of ``plugins``) trained with ``config`` are cached."""
     from tessera.graphs.loaders import cache_dir, resolve
 
-    return cache_dir(resolve(source)) / f"kge-{config.model}-{config.dim}-{config.digest()}.npz"
+    return cache_dir(resolve(source, plugins)) / f"kge-{config.model}-{config.dim}-{config.digest()}.npz"
 
 
-def cached_embeddings(source: str, config: KGEConfig, log=None) -> TrainedEmbeddings:
+def cached_embeddings(source: str, config: KGEConfig, plugins, log=None) -> TrainedEmbeddings:
     """The embeddings of graph ``source`` under ``config``: read from the cache, or trained (no evaluation on
     graphs without splits) and cached."""
     from tessera.graphs.loaders import load_graph
 
-    path = embeddings_path(source, config)
+    path = embeddings_path(source, config, plugins)
     if path.is_file():
         return TrainedEmbeddings.load(path)
-    graph = load_graph(source)
+    graph = load_graph(source, plugins)
     trained = train_embeddings(graph, config, evaluate="test" if "test" in graph.splits else None, log=log)
     trained.save(path)
     return trained

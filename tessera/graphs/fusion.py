@@ -162,10 +162,11 @@ def save_fusion(fusion, directory: Path, graph_source: str, linker: EntityLinker
     return target
 
 
-def load_fused(export_dir: Path, auto_class: str = "AutoModelForSequenceClassification"):
+def load_fused(export_dir: Path, plugins, auto_class: str = "AutoModelForSequenceClassification"):
     """Load an export written with entity fusion: ``(model, tokenizer)`` with the fusion re-attached.
 
-    Needs the graph the run linked against (``fusion.json`` names it; tessera loads it from its cache or assets).
+    Needs the graph the run linked against (``fusion.json`` names it; tessera loads it from its cache or assets,
+    with the graph loaders of ``plugins``).
     """
     import transformers
     from safetensors.torch import load_file
@@ -180,7 +181,7 @@ def load_fused(export_dir: Path, auto_class: str = "AutoModelForSequenceClassifi
     tensors = load_file(str(export_dir / FUSION_DIR / "fusion.safetensors"))
     model = getattr(transformers, auto_class).from_pretrained(export_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
-    linker = EntityLinker(load_graph(settings["graph"]), disambiguation=settings["disambiguation"],
+    linker = EntityLinker(load_graph(settings["graph"], plugins), disambiguation=settings["disambiguation"],
                           lemmatize=settings["lemmatize"])
     attach_fusion(model, tokenizer, linker, tensors["entities"].numpy())
     fusion_of(model).projection.weight.data.copy_(tensors["projection.weight"])

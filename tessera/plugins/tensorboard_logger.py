@@ -1,4 +1,5 @@
-"""Built-in TensorBoard logger: training scalars per step and evaluation metrics, under ``<run>/tensorboard``."""
+"""Built-in TensorBoard logger, under ``<run>/tensorboard``: training scalars per step (``train/*``), validation
+metrics per epoch (``validation/*``, from ``tessera_epoch_end``) and the test metrics at the last step (``test/*``)."""
 
 from tessera import hookimpl
 
@@ -33,6 +34,8 @@ def tessera_epoch_end(run, epoch, metrics):
 
 @hookimpl
 def tessera_evaluation(run, split, metrics):
+    if split != "test":
+        return  # validation is written per epoch by tessera_epoch_end
     writer = _writer(run)
     for key, value in _scalars(metrics).items():
         writer.add_scalar(f"{split}/{key}", value, run.total_steps)

@@ -46,6 +46,7 @@ def serve(argv: list[str]) -> int:
     """``tessera serve RUN_DIR|MODEL_DIR [--host H] [--port P] [--api-key K] [KEY=VALUE...]``."""
     from tessera.serving.launcher import VllmServer
     from tessera.serving.settings import load_settings
+    from tessera.core.plugins import discover
     from tessera.serving.target import ROUTES, ServeError, resolve, run_config
 
     parser = _Parser(prog="tessera serve", description="Serve a run's export through vLLM's OpenAI-compatible API.")
@@ -58,7 +59,7 @@ def serve(argv: list[str]) -> int:
     _settings_argument(parser)
     args = parser.parse_intermixed_args(argv)
     settings = load_settings(run_config(args.path), _overrides(args))
-    target = resolve(args.path, name=settings.name, merged=settings.merged)
+    target = resolve(args.path, discover(), name=settings.name, merged=settings.merged)
     print(f"tessera serve: starting vLLM on {target.model_dir} ({target.kind})", flush=True)
     for note in target.notes:
         print(f"tessera serve: {note}", flush=True)

@@ -21,12 +21,13 @@ class KnowledgeFront:
         self.retrievers, self.run = retrievers, run
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path | str) -> KnowledgeFront:
-        """The front of the run in ``run_dir``, its techniques composed from the run's saved config."""
+    def from_run_dir(cls, run_dir: Path | str, plugins) -> KnowledgeFront:
+        """The front of the run in ``run_dir``, its techniques composed from the run's saved config with
+        ``plugins`` (a :class:`~tessera.core.plugins.Plugins`)."""
         from tessera.core.run import Run, compose
         from tessera.serving.target import run_config
 
-        run = Run(compose(run_config(run_dir)), Path(run_dir))
+        run = Run(compose(run_config(run_dir), plugins), Path(run_dir))
         return cls(run.composition.selected("kg"), run)
 
     def enrich(self, texts: list[str]) -> list[str]:

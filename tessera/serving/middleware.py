@@ -62,9 +62,10 @@ class TesseraMiddleware:
         run_dir = os.environ.get("TESSERA_SERVE_RUN_DIR")
         self.knowledge = None
         if run_dir:
+            from tessera.core.plugins import discover
             from tessera.serving.knowledge import KnowledgeFront
 
-            self.knowledge = KnowledgeFront.from_run_dir(run_dir)
+            self.knowledge = KnowledgeFront.from_run_dir(run_dir, discover())
             self.knowledge.enrich(["warm up the graph before the first request"])
 
     async def __call__(self, scope, receive, send):

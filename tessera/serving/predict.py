@@ -157,18 +157,20 @@ def predict_file(path, file: Path, output: Path | None = None, text_column: str 
                  max_tokens: int = 64, temperature: float = 0.0, chat: bool = False,
                  overrides: list[str] = ()) -> tuple[Path, str, int]:
     """Predict every text of ``file`` with the model of ``path``; ``(output file, engine used, count)``."""
+    from tessera.core.plugins import discover
     from tessera.serving.settings import load_settings
     from tessera.serving.target import resolve, run_config
 
+    plugins = discover()
     settings = load_settings(run_config(path), overrides)
-    target = resolve(path, name=settings.name, merged=True)
+    target = resolve(path, plugins, name=settings.name, merged=True)
     file = Path(file)
     texts = read_texts(file, text_column)
     inputs = texts
     if target.has_knowledge:
         from tessera.serving.knowledge import KnowledgeFront
 
-        inputs = KnowledgeFront.from_run_dir(target.run_dir).enrich(texts)
+        inputs = KnowledgeFront.from_run_dir(target.run_dir, plugins).enrich(texts)
     engine = choose_engine(engine)
     options = {"max_tokens": max_tokens, "temperature": temperature, "chat": chat}
     produce = _vllm_results if engine == "vllm" else _transformers_results

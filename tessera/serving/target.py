@@ -184,15 +184,14 @@ def _last_stage(run_dir: Path, cfg) -> Path | None:
     return next((stage for stage in reversed(stages) if (stage / "export" / "config.json").is_file()), None)
 
 
-def _knowledge_notes(cfg) -> tuple[str, ...]:
+def _knowledge_notes(cfg, plugins) -> tuple[str, ...]:
     """What serving does with the run's ``kg`` retrievers: their text enrichment is repeated on every input; a
     change to the model itself (``attach``, such as entity fusion) is not in the export vLLM serves."""
-    from tessera.core.plugins import get_plugins
     from tessera.core.techniques import KGRetriever
 
     notes = []
     for name in cfg.get("kg") or {}:
-        if get_plugins().registry.get("kg", name).cls.attach is not KGRetriever.attach:
+        if plugins.registry.get("kg", name).cls.attach is not KGRetriever.attach:
             notes.append(f"kg={name} changes the model at run time, which vLLM does not serve: predictions differ "
                          "from the run's test metrics (see the export's README)")
         else:
@@ -200,9 +199,9 @@ def _knowledge_notes(cfg) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def _from_run(run_dir: Path, name: str | None, merged: bool) -> ServeTarget:
+def _from_run(run_dir: Path, plugins, name: str | None, merged: bool) -> ServeTarget:
     target = _from_run_export(run_dir, name, merged)
-    return dataclasses.replace(target, notes=(*target.notes, *_knowledge_notes(target.run_cfg)))
+    return dataclasses.replace(target, notes=(*target.notes, *_knowledge_notes(target.run_cfg, plugins)))
 
 
 def _from_run_export(run_dir: Path, name: str | None, merged: bool) -> ServeTarget:
@@ -248,8 +247,9 @@ def _from_run_export(run_dir: Path, name: str | None, merged: bool) -> ServeTarg
                        notes=(f"adapters {listed} served merged into the export ({why})",))
 
 
-def resolve(path: Path | str, name: str | None = None, merged: bool = False) -> ServeTarget:
-    """The :class:`ServeTarget` of a run directory, its ``export/``, a model directory or a PEFT adapter directory.
+def resolve(path: Path | str, plugins, name: str | None = None, merged: bool = False) -> ServeTarget:
+    """The :class:`ServeTarget` of a run directory, its ``export/``, a model directory or a PEFT adapter directory;
+    ``plugins`` (a :class:`~tessera.core.plugins.Plugins`) know the run's ``kg`` retrievers.
 
     ``name`` overrides the served model name; ``merged`` serves a decoder run's merged export even where its
     LoRA adapters could be served as named models.
@@ -259,7 +259,7 @@ def resolve(path: Path | str, name: str | None = None, merged: bool = False) -> 
         raise ServeError(f"{path} does not exist: pass a run directory (outputs/<date>/<time>) or a model directory")
     run_dir = _run_dir_of(path)
     if run_dir is not None:
-        return _from_run(run_dir, name, merged)
+        return _from_run(run_dir, plugins, name, merged)
     if (path / "config.json").is_file():
         kind = model_kind(path)
         check_head_dim(path)

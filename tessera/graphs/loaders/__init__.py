@@ -1,8 +1,9 @@
 """Graph sources as plugins, and :func:`load_graph`, which loads any of them through a binary cache.
 
-A loader is a :class:`GraphLoader` subclass with a ``name``; plugins return loader classes from the hook
-``tessera_kg_loaders()`` (tessera's own loaders register through the very same hook, in
-:mod:`tessera.graphs.loaders.builtin`). A *source* names a loader and its argument: ``wordnet``,
+A loader is a :class:`GraphLoader` subclass with a ``name``: the technique family ``kg_loader`` of the registry.
+Plugins return loader classes from the hook ``tessera_kg_loaders()`` (tessera's own loaders register through the
+very same hook, in :mod:`tessera.graphs.loaders.builtin`); they are checked when the plugins are built, listed by
+``tessera plugins`` and filtered by the allow / block lists like every technique. A *source* names a loader and its argument: ``wordnet``,
 ``pykeen:nations``, ``go``, ``commonsense``, ``rdf:path/to/file.ttl`` (a bare path to an RDF file works too).
 
 The first load of a source parses it and writes the graph's binary form under
@@ -20,7 +21,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from tessera.core.errors import PluginError
 from tessera.graphs.store import STORE_FORMAT, GraphError, KnowledgeGraph
 
 _LOADED: dict[Path, KnowledgeGraph] = {}
@@ -66,32 +66,17 @@ def asset_fingerprint(name: str) -> str:
     return json.loads((asset_path(name) / MANIFEST).read_text(encoding="utf-8"))["digest"]
 
 
-def loader_classes() -> dict[str, type[GraphLoader]]:
-    """Every registered loader class by name, from the ``tessera_kg_loaders`` hook of all plugins."""
-    from tessera.core.plugins import get_plugins
-
-    found: dict[str, type[GraphLoader]] = {}
-    for classes in get_plugins().hook.tessera_kg_loaders():
-        for cls in classes or []:
-            name = getattr(cls, "name", None)
-            if not (isinstance(cls, type) and issubclass(cls, GraphLoader) and isinstance(name, str)):
-                raise PluginError(f"{cls!r} is not a GraphLoader subclass with a string `name`: fix its plugin")
-            if name in found and found[name] is not cls:
-                raise PluginError(f"two plugins register the graph loader {name!r}: block one of them")
-            found[name] = cls
-    return found
-
-
-def resolve(source: str) -> GraphLoader:
-    """The loader for ``source`` (``NAME``, ``NAME:ARGUMENT`` or a path to an RDF file)."""
-    classes = loader_classes()
+def resolve(source: str, plugins) -> GraphLoader:
+    """The loader for ``source`` (``NAME``, ``NAME:ARGUMENT`` or a path to an RDF file), from the ``kg_loader``
+    techniques of ``plugins`` (a :class:`~tessera.core.plugins.Plugins`)."""
+    names = plugins.registry.names("kg_loader")
     name, _, argument = source.partition(":")
-    if name not in classes:
-        if "rdf" in classes and (Path(source).suffix or "/" in source):
-            return classes["rdf"](source)
-        raise GraphError(f"unknown graph source {source!r}: choose one of {', '.join(sorted(classes))} "
+    if name not in names:
+        if "rdf" in names and (Path(source).suffix or "/" in source):
+            return plugins.registry.get("kg_loader", "rdf").cls(source)
+        raise GraphError(f"unknown graph source {source!r}: choose one of {', '.join(names)} "
                          "(NAME or NAME:ARGUMENT, or a path to an RDF file)")
-    return classes[name](argument or None)
+    return plugins.registry.get("kg_loader", name).cls(argument or None)
 
 
 def cache_dir(loader: GraphLoader) -> Path:
@@ -104,13 +89,14 @@ def cache_dir(loader: GraphLoader) -> Path:
     return tessera_home() / "kg" / f"{slug}-{digest}"
 
 
-def load_graph(source: str, cache: bool = True, refresh: bool = False) -> KnowledgeGraph:
-    """Load the graph ``source`` names, from its binary cache when present (and once per process).
+def load_graph(source: str, plugins, cache: bool = True, refresh: bool = False) -> KnowledgeGraph:
+    """Load the graph ``source`` names with the loaders of ``plugins``, from its binary cache when present (and
+    once per process).
 
     ``cache=False`` parses the source and neither reads nor writes the cache; ``refresh=True`` parses it and
     rewrites the cache.
     """
-    loader = resolve(source)
+    loader = resolve(source, plugins)
     if not cache:
         return loader.load()
     directory = cache_dir(loader)

@@ -1,1 +1,0 @@
-"""Hydra discovers this plugin through the ``hydra_plugins`` namespace package."""
