@@ -1,5 +1,5 @@
 """Sentiment accuracy with and without knowledge injection: the default composition (MiniLM + LoRA on the
-movie-review sentences, 3 epochs) trained with ``kg=none``, ``kg=wordnet_text`` and ``kg=wordnet_fusion``.
+movie-review sentences, 3 epochs) trained with ``kg=none``, ``kg=text_injection`` and ``kg=entity_fusion``.
 
 Each setting is one complete ``tessera train`` run (same data split, seed and trainer settings) in its own
 process, one after the other; the WordNet graph, its alias index and the fusion's TransE embeddings come from
@@ -7,7 +7,7 @@ tessera's caches, so the runs do the same work apart from the injection itself. 
 accuracy and macro-F1 on the 800 held-out sentences, the seconds of the ``kg`` stage and of the whole run, and the
 run's directory. Extra overrides for every run follow ``--``.
 
-Usage: ``.venv/bin/python bench/kg_sentiment.py [--settings none wordnet_text wordnet_fusion] [-- overrides...]``;
+Usage: ``.venv/bin/python bench/kg_sentiment.py [--settings none text_injection entity_fusion] [-- overrides...]``;
 one JSON object on stdout. About 3 minutes a run on a quiet 2-core machine.
 """
 
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = ("none", "wordnet_text", "wordnet_fusion")
+SETTINGS = ("none", "text_injection", "entity_fusion")
 
 
 def main() -> None:

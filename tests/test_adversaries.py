@@ -5,7 +5,11 @@ import pytest
 from conftest import load_json, tessera
 
 from tessera.core.errors import ConfigError
-from tessera.plugins.adversaries import FreeLB, Fgm, MultiStepConfig, PerturbationConfig, Pgd, Vat, VatConfig
+from tessera.plugins.adversaries.base import MultiStepConfig, PerturbationConfig
+from tessera.plugins.adversaries.fgm import Fgm
+from tessera.plugins.adversaries.freelb import FreeLB
+from tessera.plugins.adversaries.pgd import Pgd
+from tessera.plugins.adversaries.vat import Vat, VatConfig
 
 
 def tiny_model(seed=0):

@@ -1,4 +1,4 @@
-"""Tests of tessera.core.assets.
+"""Tests of tessera.core.assets (the catalogue, the checks, fetch and the command line).
 
 The offline tests use a temporary ``TESSERA_HOME`` and a small fake pykeen wheel in place of ``pip download``.
 The tests marked "real" read the assets fetched into the default home (``tessera assets fetch``) and are
@@ -17,7 +17,7 @@ import pytest
 
 from tessera.core.cli import main as tessera_main
 
-from tessera.core import assets
+from tessera.core.assets import fetching, store
 from tessera.core.assets import (
     ASSET_NAMES,
     asset_dir,
@@ -27,6 +27,8 @@ from tessera.core.assets import (
     tessera_home,
     verify,
 )
+from tessera.core.assets.catalogue import pykeen as pykeen_asset
+from tessera.core.assets.catalogue import wordnet as wordnet_asset
 from tessera.core.errors import AssetError
 
 REAL_HOME = tessera_home()  # read before any test points TESSERA_HOME elsewhere
@@ -35,7 +37,7 @@ REAL_HOME = tessera_home()  # read before any test points TESSERA_HOME elsewhere
 def real_asset(name: str) -> Path:
     """The fetched asset ``name`` in the default home, or skip the test."""
     path = REAL_HOME / "assets" / name
-    if not (path / assets.MANIFEST).is_file():
+    if not (path / store.MANIFEST).is_file():
         pytest.skip(f"asset {name!r} is not fetched: run `tessera assets fetch {name}`")
     return path
 
@@ -65,7 +67,7 @@ def fake_wheel(tmp_path, monkeypatch):
         calls.append(str(source))
         return wheel
 
-    monkeypatch.setattr(assets, "_download", download)
+    monkeypatch.setattr(fetching, "download", download)
     return calls
 
 
@@ -73,7 +75,7 @@ def fake_wheel(tmp_path, monkeypatch):
 def pykeen_copy(home):
     """A valid pykeen asset in the temporary home: a copy of the real one if fetched, else a fake one."""
     real = REAL_HOME / "assets" / "pykeen"
-    if (real / assets.MANIFEST).is_file():
+    if (real / store.MANIFEST).is_file():
         shutil.copytree(real, asset_dir("pykeen"))
     else:
         wheel = home.parent / "fake.whl"
@@ -82,7 +84,7 @@ def pykeen_copy(home):
                 for split in ("train", "valid", "test"):
                     z.writestr(f"pykeen/datasets/{dataset}/{split}.txt", "h\tr\tt\n" * 5)
         (home / "assets").mkdir(parents=True)
-        assets._install("pykeen", lambda out: assets._build_pykeen(wheel, out))
+        store.install("pykeen", lambda out: pykeen_asset.build(wheel, out))
     assert verify(["pykeen"]) == {"pykeen": "ok"}
     return asset_dir("pykeen")
 
@@ -105,6 +107,20 @@ def test_unknown_name_lists_valid_names(home):
             function("bert")
     with pytest.raises(SystemExit, match="2"):
         tessera_main(["assets", "path", "bert"])
+
+
+def test_catalogue_has_one_module_per_asset(capsys):
+    import pkgutil
+
+    from tessera.core.assets import catalogue
+
+    modules = sorted(module.name for module in pkgutil.iter_modules(catalogue.__path__))
+    assert modules == sorted(ASSET_NAMES) == sorted(catalogue.CATALOGUE)
+    assert all(asset.name == name for name, asset in catalogue.CATALOGUE.items())
+    with pytest.raises(SystemExit, match="0"):
+        main(["--help"])
+    helped = capsys.readouterr().out
+    assert all(f"{asset.name:14} {asset.summary}" in helped for asset in catalogue.CATALOGUE.values())
 
 
 def test_missing_asset_gives_one_line_error(home, capsys):
@@ -146,10 +162,10 @@ def test_same_size_change_needs_deep_verify(pykeen_copy):
 def test_missing_file_and_bad_manifest_are_detected(pykeen_copy):
     (pykeen_copy / "kinships" / "valid.txt").unlink()
     assert verify(["pykeen"]) == {"pykeen": "corrupt (kinships/valid.txt is missing)"}
-    (pykeen_copy / assets.MANIFEST).write_text("{not json")
+    (pykeen_copy / store.MANIFEST).write_text("{not json")
     assert verify(["pykeen"])["pykeen"].startswith("corrupt (unreadable manifest")
     manifest = {"name": "wordnet", "source": "pykeen==1.11.1", "format": 1, "digest": "", "files": {}}
-    (pykeen_copy / assets.MANIFEST).write_text(json.dumps(manifest))
+    (pykeen_copy / store.MANIFEST).write_text(json.dumps(manifest))
     assert verify(["pykeen"]) == {"pykeen": "corrupt (its manifest names asset 'wordnet')"}
 
 
@@ -159,7 +175,7 @@ def test_fetch_builds_skips_and_repairs(home, fake_wheel):
     assert path == asset_dir("pykeen") and fake_wheel == ["pykeen==1.11.1"]
     assert verify(["pykeen"]) == {"pykeen": "ok"}
     assert (path / "nations" / "valid.txt").read_text().count("\n") == FAKE_TRIPLES["nations"]
-    manifest = json.loads((path / assets.MANIFEST).read_text())
+    manifest = json.loads((path / store.MANIFEST).read_text())
     assert manifest["name"] == "pykeen" and manifest["source"] == "pykeen==1.11.1" and len(manifest["files"]) == 9
     assert re.fullmatch(r"[0-9a-f]{64}", manifest["digest"])
 
@@ -179,7 +195,7 @@ def test_failed_build_leaves_nothing(home, tmp_path, monkeypatch):
     broken = tmp_path / "pykeen-1.11.1-py3-none-any.whl"
     with zipfile.ZipFile(broken, "w") as z:
         z.writestr("pykeen/datasets/nations/train.txt", "a\tb\tc\n")
-    monkeypatch.setattr(assets, "_download", lambda source, into: broken)
+    monkeypatch.setattr(fetching, "download", lambda source, into: broken)
     with pytest.raises(AssetError, match="found 1 files matching"):
         fetch(["pykeen"], log=lambda line: None)
     assert list((home / "assets").iterdir()) == []
@@ -243,7 +259,7 @@ def test_real_asset_verifies(name, monkeypatch):
 
 
 def test_debian_asset_without_apt_says_so(home, monkeypatch):
-    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(AssetError, match="Debian package r-bioc-go.db needs apt-get and dpkg-deb, which this machine "
                                          "lacks: fetch this asset on a Debian or Ubuntu machine"):
         fetch(["go"], log=lambda line: None)
@@ -251,10 +267,10 @@ def test_debian_asset_without_apt_says_so(home, monkeypatch):
 
 
 def test_wordnet_exceptions_stay_empty_without_apt(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     out = tmp_path / "wordnet"
     out.mkdir()
-    note = assets._wordnet_exceptions(out)
+    note = wordnet_asset.wordnet_exceptions(out)
     assert note.startswith("*.exc: EMPTY (Debian package wordnet-base needs apt-get")
     assert "irregular forms (running -> run) are not lemmatized" in note
     assert sorted(p.name for p in out.iterdir()) == ["adj.exc", "adv.exc", "noun.exc", "verb.exc"]

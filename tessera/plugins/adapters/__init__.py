@@ -1,7 +1,7 @@
 """Built-in adapters, one module per technique (``adapter=none`` is full fine-tuning).
 
 Through PEFT (:mod:`.peft_base`): ``lora``, ``dora``, ``multi_lora``, ``adalora``, ``ia3``, ``loha``, ``lokr``,
-``prefix``. Without PEFT: ``freeze``, ``linear_probe``, ``gradual_unfreeze`` (:mod:`.freezing`) and ``llrd``.
+``prefix``. Without PEFT: ``freeze``, ``linear_probe``, ``gradual_unfreeze`` (:mod:`.freezing_base`) and ``llrd``.
 They stack in config order (``adapter=[lora,freeze]``); docs/adapters.md has the rules and commands.
 """
 

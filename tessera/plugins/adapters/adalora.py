@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tessera import hookimpl
 from tessera.core.errors import ConfigError, IncompatibleError
-from tessera.plugins.adapters.freezing import FreezingAdapter
+from tessera.plugins.adapters.freezing_base import FreezingAdapter
 from tessera.plugins.adapters.peft_base import PeftAdapter, TargetedConfig, peft_targets
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tessera.core.errors import ConfigError, IncompatibleError
 from tessera.core.techniques import TechniqueConfig
-from tessera.plugins.adapters.freezing import FreezingAdapter
+from tessera.plugins.adapters.freezing_base import FreezingAdapter
 from tessera.plugins.adapters.layers import depth, layer_count, require_layers
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 from tessera import hookimpl
 from tessera.core.errors import ConfigError, IncompatibleError
 from tessera.core.techniques import TechniqueConfig
-from tessera.plugins.adapters.freezing import FreezingAdapter
+from tessera.plugins.adapters.freezing_base import FreezingAdapter
 from tessera.plugins.adapters.layers import depth, layer_count, require_layers
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from tessera.core.errors import IncompatibleError
 from tessera.core.techniques import TechniqueConfig
-from tessera.plugins.adapters.freezing import FreezingAdapter
+from tessera.plugins.adapters.freezing_base import FreezingAdapter
 from tessera.plugins.adapters.layers import HEAD_MODULES, is_within
 
 

@@ -1,20 +1,5 @@
-"""Built-in adversaries (family ``adversary``): adversarial training in the word-embedding space.
-
-``fgm``
-    Fast Gradient Method (Miyato, Dai & Goodfellow 2017): one step of size ``epsilon`` along the L2-normalised
-    gradient of the loss; the clean and the adversarial gradients are summed. 2 forward/backward passes.
-``pgd``
-    Projected Gradient Descent (Madry et al. 2018): ``steps`` ascent steps of size ``step_size``, each projected
-    back into the L2 ball of radius ``epsilon``; the intermediate steps only move the perturbation, the clean and
-    the last adversarial gradients are summed. ``steps + 1`` passes.
-``freelb``
-    FreeLB (Zhu et al. 2020): ``steps`` passes along the ascent path starting at the clean point (zero
-    initialisation), each loss divided by ``steps`` and its gradient accumulated, so the parameters are trained
-    on the average of all of them; projection onto ``epsilon`` (0: unbounded). ``steps`` passes.
-``vat``
-    Virtual Adversarial Training (Miyato et al. 2017): the KL divergence between the predictions on the clean
-    and on a virtually adversarial input (found by ``power_iterations`` of power iteration from a random
-    direction of size ``xi``) is added with ``weight``; it needs no labels. 3 passes plus one forward.
+"""What the built-in adversaries share: the forward hook on the input embeddings, the per-example L2 helpers, the
+perturbation configs and :class:`EmbeddingAdversary`.
 
 Every adversary perturbs the output of the model's input-embedding module (found with
 ``model.get_input_embeddings()``, which sees through PEFT wrappers, so LoRA and any other adapter compose) through a
@@ -78,7 +63,7 @@ class EmbeddingPerturbation:
         self.handle.remove()
 
 
-def _mask(batch, like):
+def token_mask(batch, like):
     """The attention mask as a ``[batch, length, 1]`` float tensor (all ones when the batch has none)."""
     import torch
 
@@ -189,119 +174,3 @@ class EmbeddingAdversary(Adversary):
             loss = step.compute_loss(step.batch) * weight
         step.backward(loss)
         return leaf.grad
-
-
-class Fgm(EmbeddingAdversary):
-    """Fast Gradient Method on the word embeddings (Miyato et al. 2017)."""
-
-    name = "fgm"
-
-    def backward(self, step, loss) -> None:
-        self._embedding_hook(step)
-        step.backward(loss)
-        zero = self._zero(step)
-        mask = _mask(step.batch, zero)
-        delta = self.config.epsilon * normalized(self._clean_gradient(step, zero), mask)
-        self._adversarial_backward(step, delta)
-
-
-class Pgd(EmbeddingAdversary):
-    """K-step projected gradient ascent on the word embeddings (Madry et al. 2018)."""
-
-    name = "pgd"
-    Config = MultiStepConfig
-
-    def backward(self, step, loss) -> None:
-        self._embedding_hook(step)
-        step.backward(loss)
-        delta = self._zero(step)
-        mask = _mask(step.batch, delta)
-        gradient = self._clean_gradient(step, delta)
-        for ascent in range(self.config.steps):
-            delta = projected(delta + self.config.step_size * normalized(gradient, mask), self.config.epsilon)
-            if ascent + 1 < self.config.steps:
-                gradient = self._gradient_at(step, delta)
-        self._adversarial_backward(step, delta)
-
-
-class FreeLB(EmbeddingAdversary):
-    """Free Large-Batch adversarial training (Zhu et al. 2020): gradients accumulated along the ascent path."""
-
-    name = "freelb"
-    Config = MultiStepConfig
-
-    def backward(self, step, loss) -> None:
-        self._embedding_hook(step)
-        share = 1.0 / self.config.steps
-        step.backward(loss * share)
-        delta = self._zero(step)
-        mask = _mask(step.batch, delta)
-        gradient = self._clean_gradient(step, delta)
-        for _ in range(self.config.steps - 1):
-            delta = projected(delta + self.config.step_size * normalized(gradient, mask), self.config.epsilon)
-            gradient = self._adversarial_backward(step, delta, share)
-
-
-@dataclass
-class VatConfig(PerturbationConfig):
-    """Virtual adversarial training: the regulariser's weight and the power iteration."""
-
-    weight: float = 1.0
-    #: Size of the random probe of the power iteration.
-    xi: float = 1e-3
-    power_iterations: int = 1
-
-
-class Vat(EmbeddingAdversary):
-    """Virtual Adversarial Training (Miyato et al. 2017): a label-free smoothness term on the model's outputs."""
-
-    name = "vat"
-    Config = VatConfig
-
-    def validate(self, composition) -> None:
-        super().validate(composition)
-        if self.config.power_iterations < 1 or self.config.xi <= 0:
-            raise ConfigError("adversary.vat needs power_iterations >= 1 and xi > 0")
-
-    @staticmethod
-    def _logits(step):
-        from tessera.core.batching import model_inputs
-
-        return step.model(**model_inputs(step.batch)).logits.float()
-
-    @staticmethod
-    def _divergence(clean_logits, logits, mask):
-        """KL(clean || perturbed) over the last axis, averaged over the examples (and their real tokens)."""
-        import torch.nn.functional as F
-
-        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(clean_logits, -1), log_target=True, reduction="none")
-        kl = kl.sum(-1)
-        if kl.dim() == 2:  # token-level outputs: ignore padding
-            weights = mask.squeeze(-1)
-            return (kl * weights).sum() / weights.sum().clamp_min(1.0)
-        return kl.mean()
-
-    def backward(self, step, loss) -> None:
-        import torch
-
-        hook = self._embedding_hook(step)
-        step.backward(loss)
-        hook.recorded = []
-        zero = self._zero(step)
-        mask = _mask(step.batch, zero)
-        with torch.no_grad():
-            clean = self._logits(step)
-        direction = normalized(torch.randn_like(zero), mask)
-        for _ in range(self.config.power_iterations):
-            probe = (self.config.xi * direction).requires_grad_(True)
-            with hook.perturbed(probe):
-                divergence = self._divergence(clean, self._logits(step), mask)
-            direction = normalized(torch.autograd.grad(divergence, probe)[0], mask)
-        with hook.perturbed(self.config.epsilon * direction):
-            regulariser = self._divergence(clean, self._logits(step), mask)
-        step.backward(regulariser * self.config.weight * self.loss_scale)
-
-
-@hookimpl
-def tessera_adversaries():
-    return [Fgm, Pgd, FreeLB, Vat]
