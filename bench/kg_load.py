@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--reloads", type=int, default=3)
     args = parser.parse_args()
 
+    from tessera.core.plugins import discover
     from tessera.graphs.loaders import load_graph
     from tessera.graphs.loaders.wordnet import WordNetLoader
     from tessera.graphs.rdf import read_rdf, write_rdf
@@ -53,7 +54,7 @@ def main() -> None:
     from tessera.graphs.wordnet import wordnet
 
     wordnet()  # NLTK's reader opens its index files once per process: count it in neither side
-    graph = load_graph("wordnet")
+    graph = load_graph("wordnet", discover())
     results = {}
     with tempfile.TemporaryDirectory(prefix="kg-load-") as tmp:
         rdf_file = write_rdf(graph, Path(tmp) / "wordnet.nt")

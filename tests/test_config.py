@@ -21,6 +21,8 @@ def hydra_store():
         (["adapter.lora.rank=4"], "valid keys of adapter.lora are alpha, bias, dropout, modules_to_save, r,"),
         (["adapter.lora.r=four"], "invalid value for 'adapter.lora.r'"),
         (["objective=none"], "no objective selected: choose one of classification"),
+        (["adapter.dora.r=8"], "adapter.dora.r=8 sets a parameter of adapter 'dora', which is not selected: add adapter=dora"),
+        (["adapter.nope.r=8"], "adapter.nope.r=8: unknown adapter 'nope': choose one of none, adalora,"),
     ],
 )
 def test_bad_config_names_the_problem_and_the_choices(overrides, message):

@@ -80,3 +80,79 @@ def test_builtin_techniques_are_in_the_config_reference(family, name):
     reference = (DOCS / "config.md").read_text(encoding="utf-8")
     section = reference.split(f"### `{family}`", 1)[1].split("\n## ", 1)[0].split("\n### `", 1)[0]
     assert f"| `{name}` |" in section, f"docs/config.md has no row for {family}={name} under its family"
+
+
+def documented_event_order() -> re.Pattern:
+    """The hook reference's block of events in order, as a regular expression over space-separated event names
+    (``per ...:`` repeats what it holds, on its own line or indented below it)."""
+    text = (DOCS / "plugins.md").read_text(encoding="utf-8")
+    block = text.split("In one run, the events come in this order", 1)[1].split("```", 2)[1].strip("\n")
+    lines = [(len(line) - len(line.lstrip()), line.strip()) for line in block.splitlines() if line.strip()]
+
+    def parse(start: int, indent: int) -> tuple[str, int]:
+        pattern, index = "", start
+        while index < len(lines) and lines[index][0] == indent:
+            line = lines[index][1]
+            if line.startswith("per "):
+                inline = line.split(":", 1)[1].split()
+                if inline:
+                    pattern += "(?:" + "".join(re.escape(e) + " " for e in inline) + ")+"
+                    index += 1
+                else:
+                    inner, index = parse(index + 1, lines[index + 1][0])
+                    pattern += f"(?:{inner})+"
+            else:
+                pattern += "".join(re.escape(event) + " " for event in line.split())
+                index += 1
+        return pattern, index
+
+    pattern, _ = parse(0, 0)
+    return re.compile(pattern)
+
+
+def test_a_real_run_fires_the_events_in_the_documented_order(tmp_path):
+    from tessera import hookimpl
+    from tessera.core.cli import compose_config
+    from tessera.core.pipeline import execute, prepare
+
+    events = []
+
+    class Recorder:
+        @hookimpl
+        def tessera_run_start(self):
+            events.append("tessera_run_start")
+
+        @hookimpl
+        def tessera_before_optimizer_step(self):
+            events.append("tessera_before_optimizer_step")
+
+        @hookimpl
+        def tessera_step_end(self):
+            events.append("tessera_step_end")
+
+        @hookimpl
+        def tessera_epoch_end(self):
+            events.append("tessera_epoch_end")
+
+        @hookimpl
+        def tessera_evaluation(self, split):
+            events.append(f"tessera_evaluation({split})")
+
+        @hookimpl
+        def tessera_export(self):
+            events.append("tessera_export")
+
+        @hookimpl
+        def tessera_run_end(self, status):
+            events.append(f"tessera_run_end({status})")
+
+    lifecycle = {name for name in hookspec_signatures(hookspecs) if "(run" in hookspec_signatures(hookspecs)[name]}
+    recorded = {name for name in dir(Recorder) if name.startswith("tessera_")}
+    assert recorded == lifecycle, "the recorder must listen to every lifecycle event"
+    cfg = compose_config(["experiment=smoke", "data.limit_train=48", "trainer.epochs=2"], plugins())
+    run, splits = prepare(cfg, tmp_path / "run", plugins())
+    run.composition.plugins.manager.register(Recorder())
+    execute(run, splits)
+    assert events.count("tessera_epoch_end") == 2 and events.count("tessera_step_end") == 6
+    order = documented_event_order()
+    assert order.fullmatch("".join(event + " " for event in events)), events

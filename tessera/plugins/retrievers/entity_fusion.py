@@ -50,37 +50,39 @@ class EntityFusion(KGRetriever):
     def validate(self, composition):
         from tessera.graphs.embeddings import MODELS
 
-        check_graph(self)
+        check_graph(self, composition.plugins)
         if self.config.embeddings is None and self.config.kge_model not in MODELS:
             raise ConfigError(f"{self.label}: kge_model={self.config.kge_model} is not one of {', '.join(MODELS)}")
         if self.config.embeddings is not None and not Path(self.config.embeddings).expanduser().is_file():
             raise ConfigError(f"{self.label}: embeddings={self.config.embeddings} does not exist: write it with "
                               f"`tessera kg embed {self.config.graph} --out FILE` or leave it null")
 
-    def enrich(self, examples: list[dict], run=None) -> list[dict]:
+    def enrich(self, examples: list[dict], run) -> list[dict]:
         """Fusion leaves the text alone: the knowledge enters through the embeddings."""
         return examples
 
-    def entity_vectors(self):
-        """The entity embedding matrix: from ``embeddings`` or trained (once per graph and settings, cached)."""
+    def entity_vectors(self, plugins):
+        """The entity embedding matrix: from ``embeddings`` or trained (once per graph and settings, cached), over
+        the graph from the loaders of ``plugins``."""
         from tessera.graphs.embeddings import TrainedEmbeddings, cached_embeddings
         from tessera.graphs.loaders import load_graph
 
         if self.config.embeddings is not None:
             trained = TrainedEmbeddings.load(Path(self.config.embeddings).expanduser())
-            graph = load_graph(self.config.graph)
+            graph = load_graph(self.config.graph, plugins)
             if len(trained.entities) != graph.num_entities:
                 raise ConfigError(f"{self.label}: {self.config.embeddings} has {len(trained.entities)} entities, "
                                   f"graph {self.config.graph} has {graph.num_entities}: embed that graph")
             return trained.entities
-        return cached_embeddings(self.config.graph, kge_config(self.config)).entities
+        return cached_embeddings(self.config.graph, kge_config(self.config), plugins).entities
 
     def attach(self, model, run):
         from tessera.core.models import load_tokenizer
         from tessera.graphs.fusion import attach_fusion, fusion_of
 
-        self.linker = entity_linker(self.config)
-        model = attach_fusion(model, load_tokenizer(run.cfg.model), self.linker, self.entity_vectors())
+        plugins = run.composition.plugins
+        self.linker = entity_linker(self.config, plugins)
+        model = attach_fusion(model, load_tokenizer(run.cfg.model), self.linker, self.entity_vectors(plugins))
         self.fusion = fusion_of(model)
         return model
 
@@ -100,8 +102,9 @@ class EntityFusion(KGRetriever):
             "with:",
             "",
             "```python",
+            "from tessera.core.plugins import discover",
             "from tessera.graphs.fusion import load_fused",
-            'model, tokenizer = load_fused("export")',
+            'model, tokenizer = load_fused("export", discover())',
             "```",
             "",
             "vLLM serves only the plain encoder (no fusion).",

@@ -43,17 +43,17 @@ class TextInjectionConfig(LinkingConfig):
     ranking: str = "pagerank"
 
 
-def build_injector(config: TextInjectionConfig, tokenizer=None, max_length: int | None = None):
-    """The :class:`~tessera.graphs.injection.TextInjector` ``config`` describes; token counts from ``tokenizer``
-    when given (else words)."""
+def build_injector(config: TextInjectionConfig, plugins, tokenizer=None, max_length: int | None = None):
+    """The :class:`~tessera.graphs.injection.TextInjector` ``config`` describes, over a graph from the loaders of
+    ``plugins``; token counts from ``tokenizer`` when given (else words)."""
     from tessera.graphs.embeddings import cached_embeddings
     from tessera.graphs.injection import TextInjector, whitespace_tokens
     from tessera.graphs.retrieval import Retriever
 
-    linker = entity_linker(config)
+    linker = entity_linker(config, plugins)
     embeddings = None
     if config.ranking == "embedding":
-        embeddings = cached_embeddings(config.graph, kge_config(config)).entities
+        embeddings = cached_embeddings(config.graph, kge_config(config), plugins).entities
     retriever = Retriever(linker.graph, hops=config.hops, relations=list(config.relations),
                           max_facts=_RANKED_FACTS, ranking=config.ranking, embeddings=embeddings, linker=linker,
                           direction=config.direction)
@@ -68,12 +68,13 @@ def build_injector(config: TextInjectionConfig, tokenizer=None, max_length: int 
                         max_length, special)
 
 
-def injector_from_export(export_dir: Path):
-    """The text injector a run with ``kg=text_injection`` trained with, from its export (for serving)."""
+def injector_from_export(export_dir: Path, plugins):
+    """The text injector a run with ``kg=text_injection`` trained with, from its export (for serving), with the
+    graph loaders of ``plugins`` (:func:`tessera.core.plugins.discover`)."""
     from transformers import AutoTokenizer
 
     settings = json.loads((Path(export_dir) / INJECTION_FILE).read_text(encoding="utf-8"))
-    return build_injector(TextInjectionConfig(**settings["config"]), AutoTokenizer.from_pretrained(export_dir),
+    return build_injector(TextInjectionConfig(**settings["config"]), plugins, AutoTokenizer.from_pretrained(export_dir),
                           settings["max_length"])
 
 
@@ -87,7 +88,7 @@ class TextInjection(KGRetriever):
         from tessera.graphs.injection import POSITIONS
         from tessera.graphs.retrieval import DIRECTIONS, RANKINGS
 
-        check_graph(self)
+        check_graph(self, composition.plugins)
         for key, value, valid in (("position", self.config.position, POSITIONS),
                                   ("ranking", self.config.ranking, RANKINGS),
                                   ("direction", self.config.direction, DIRECTIONS)):
@@ -96,19 +97,17 @@ class TextInjection(KGRetriever):
         if self.config.hops < 1 or self.config.facts_per_entity < 1 or self.config.max_fact_tokens < 0:
             raise ConfigError(f"{self.label}: hops and facts_per_entity must be at least 1, max_fact_tokens >= 0")
 
-    def injector(self, run=None):
-        """The injector of this technique, built once (with the run's tokenizer and max length when given)."""
+    def injector(self, run):
+        """The injector of this technique, built once, with the run's graph loaders, tokenizer and max length."""
         if getattr(self, "_injector", None) is None:
-            tokenizer = max_length = None
-            if run is not None:
-                from tessera.core.models import load_tokenizer
+            from tessera.core.models import load_tokenizer
 
-                tokenizer, max_length = load_tokenizer(run.cfg.model), run.cfg.data.max_length
-            self._injector = build_injector(self.config, tokenizer, max_length)
+            self._injector = build_injector(self.config, run.composition.plugins, load_tokenizer(run.cfg.model),
+                                            run.cfg.data.max_length)
         return self._injector
 
-    def enrich(self, examples: list[dict], run=None) -> list[dict]:
-        """The examples with their facts written into ``text`` (other keys kept); ``run`` may be None."""
+    def enrich(self, examples: list[dict], run) -> list[dict]:
+        """The examples with their facts written into ``text`` (other keys kept)."""
         injector = self.injector(run)
         return [{**example, "text": injector.inject(example["text"])} for example in examples]
 
@@ -125,8 +124,9 @@ class TextInjection(KGRetriever):
             f"into them (K-BERT style, {self.config.position}). Give it inputs enriched the same way:",
             "",
             "```python",
+            "from tessera.core.plugins import discover",
             "from tessera.plugins.retrievers.text_injection import injector_from_export",
-            'text = injector_from_export("export").inject("a gorgeous, witty film")',
+            'text = injector_from_export("export", discover()).inject("a gorgeous, witty film")',
             "```",
             "",
         ]))
