@@ -102,3 +102,13 @@ def test_an_export_transfers_its_encoder_to_data_with_other_labels(smoke_run, tm
     assert transferred["classifier.weight"].shape[0] == 3
     encoder = [name for name in source if not name.startswith("classifier")]
     assert encoder and all((source[name] == transferred[name]).all() for name in encoder)
+
+
+def test_tensorboard_has_each_validation_curve_once_per_epoch_and_test_at_the_last_step(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(smoke_run / "tensorboard"))
+    events.Reload()
+    assert [scalar.step for scalar in events.Scalars("validation/accuracy")] == [1]  # epoch 1, written once
+    assert [scalar.step for scalar in events.Scalars("test/accuracy")] == [20]
+    assert len(events.Scalars("train/loss")) == 20
