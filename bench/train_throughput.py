@@ -131,6 +131,8 @@ class Measurement:
     samples: int
     padded_tokens: int
     trainable_parameters: int
+    #: The autocast the contender trained under (``"bf16"`` or ``"no"``), as its accelerator reports it.
+    mixed_precision: str
 
     def as_dict(self) -> dict:
         """The measurement with its rates, for the JSON report."""
@@ -142,6 +144,7 @@ class Measurement:
             "samples": self.samples,
             "padded_tokens": self.padded_tokens,
             "trainable_parameters": self.trainable_parameters,
+            "mixed_precision": self.mixed_precision,
         }
 
 
@@ -163,13 +166,13 @@ class Window:
         elif step == self.last:
             self.ended = (time.perf_counter(), time.process_time())
 
-    def measurement(self, samples: int, padded_tokens: int, model) -> Measurement:
+    def measurement(self, samples: int, padded_tokens: int, model, mixed_precision: str) -> Measurement:
         """The window's measurement; fails loudly if a contender never reached one of its ends."""
         if self.started is None or self.ended is None:
             raise RuntimeError(f"the run did not reach steps {self.first} and {self.last}")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         wall, cpu = (end - start for end, start in zip(self.ended, self.started))
-        return Measurement(wall, cpu, samples, padded_tokens, trainable)
+        return Measurement(wall, cpu, samples, padded_tokens, trainable, str(mixed_precision))
 
 
 def _window_work(batches: list[list[int]], lengths: list[int]) -> tuple[int, int]:
@@ -262,7 +265,7 @@ def run_tessera(workload: Workload) -> Measurement:
         finally:
             run.emit("run_end", status="complete", metrics={})
     samples, tokens = _window_work(workload.tessera_batches(), [len(item["input_ids"]) for item in workload.train])
-    return window.measurement(samples, tokens, model)
+    return window.measurement(samples, tokens, model, trainer.accelerator.mixed_precision)
 
 
 def _run_transformers_trainer(workload: Workload, **efficiency) -> Measurement:
@@ -310,7 +313,9 @@ def _run_transformers_trainer(workload: Workload, **efficiency) -> Measurement:
         )
         trainer.train()
     timed = shapes[WARMUP_STEPS : workload.total_steps]
-    return window.measurement(sum(n for n, _ in timed), sum(n * w for n, w in timed), model)
+    return window.measurement(
+        sum(n for n, _ in timed), sum(n * w for n, w in timed), model, trainer.accelerator.mixed_precision
+    )
 
 
 def run_hf_trainer(workload: Workload) -> Measurement:
@@ -376,7 +381,7 @@ def run_plain_loop(workload: Workload) -> Measurement:
         optimizer.zero_grad(set_to_none=True)
         window.step_end(step)
     samples, tokens = _window_work(batches, list(map(len, input_ids)))
-    return window.measurement(samples, tokens, model)
+    return window.measurement(samples, tokens, model, "bf16" if workload.bf16 else "no")
 
 
 CONTENDERS = {
@@ -470,6 +475,7 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
     """Run every setting and padding policy, the contenders interleaved in each repeat; return the report."""
     import torch
     import transformers
+    from accelerate.state import AcceleratorState
 
     from tessera.core.cli import prepare_hydra
 
@@ -488,6 +494,8 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
                     runs[contender].append(measured)
                     print(f"[{key} {repeat + 1}/{repeats}] {contender:<19} "
                           f"{measured.samples / measured.seconds:7.2f} samples/s", file=sys.stderr, flush=True)
+                    # accelerate keeps one process-wide state: the fp32 HF run would pin it for the bf16 runs.
+                    AcceleratorState._reset_state(reset_partial_state=True)
                     gc.collect()
             settings[key] = {
                 "adapter": name,
