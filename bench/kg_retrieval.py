@@ -16,10 +16,10 @@ returns the set of entities within two hops (either direction) of them:
 
 Every query checks that the three node sets are equal. The contenders alternate per query (rotating which goes
 first); the graphs are frozen out of Python's cyclic collector once built, so a collection during a call scans only
-what the queries allocated, not rdflib's million objects. p50 / p99 latencies and their ratios are reported as wall time and as the
-thread's CPU time: on a shared machine a millisecond query that loses the CPU waits tens of milliseconds, so the wall
-p99 measures the scheduler; the CPU time does not. ``full_retrieval`` adds
-tessera's whole retrieval (linking, 2 hops, personalized PageRank, 20-fact budget) for reference.
+what the queries allocated, not rdflib's million objects. p50 / p99 latencies and their ratios are reported as wall
+time and as the thread's CPU time: on a shared machine a millisecond query that loses the CPU waits tens of
+milliseconds, so the wall p99 measures the scheduler; the CPU time does not. ``full_retrieval`` adds tessera's
+whole retrieval (linking, 2 hops, personalized PageRank, 20-fact budget) for reference.
 
 Usage: ``.venv/bin/python bench/kg_retrieval.py [--queries N]``; one JSON object on stdout, progress on stderr.
 """

@@ -421,7 +421,7 @@ def summarize(runs: dict[str, list[Measurement]]) -> dict:
 
 
 def hf_trainer_default_arguments() -> dict:
-    """The ``TrainingArguments`` defaults that decide the ``hf_trainer_defaults`` contender's speed, as resolved here."""
+    """The ``TrainingArguments`` defaults that decide the ``hf_trainer_defaults`` contender's speed, as resolved."""
     from transformers import TrainingArguments
 
     with tempfile.TemporaryDirectory() as directory:
