@@ -20,7 +20,8 @@ clipping. Four contenders:
   ``bf16=False`` (fp32: no autocast), ``train_sampling_strategy="random"`` (no length grouping),
   ``optim="adamw_torch_fused"``, ``logging_strategy="steps"`` / ``logging_steps=500`` and ``save_strategy="steps"``
   / ``save_steps=500`` (neither fires within a run this short), ``eval_strategy="no"``, ``report_to="none"``,
-  ``disable_tqdm=None`` (the progress bar is drawn), ``dataloader_num_workers=0``, ``dataloader_pin_memory=True``
+  ``disable_tqdm=None`` (resolved from the log level: ``True`` here, since this script sets
+  ``TRANSFORMERS_VERBOSITY=error``; at the default level a user also gets a progress bar, one line update a step), ``dataloader_num_workers=0``, ``dataloader_pin_memory=True``
   (no effect on a CPU), ``remove_unused_columns=True``, ``torch_compile=False``. Its batches are padded by
   ``DataCollatorWithPadding``, the collator the Trainer picks itself when given a tokenizer;
 * **plain_loop**: ``torch.optim.AdamW(..., fused=True)`` with the same decay / no-decay groups as tessera, the same
