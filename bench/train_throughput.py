@@ -21,9 +21,10 @@ clipping. Four contenders:
   ``optim="adamw_torch_fused"``, ``logging_strategy="steps"`` / ``logging_steps=500`` and ``save_strategy="steps"``
   / ``save_steps=500`` (neither fires within a run this short), ``eval_strategy="no"``, ``report_to="none"``,
   ``disable_tqdm=None`` (resolved from the log level: ``True`` here, since this script sets
-  ``TRANSFORMERS_VERBOSITY=error``; at the default level a user also gets a progress bar, one line update a step), ``dataloader_num_workers=0``, ``dataloader_pin_memory=True``
-  (no effect on a CPU), ``remove_unused_columns=True``, ``torch_compile=False``. Its batches are padded by
-  ``DataCollatorWithPadding``, the collator the Trainer picks itself when given a tokenizer;
+  ``TRANSFORMERS_VERBOSITY=error``; at the default level a user also gets a progress bar, one line update a step),
+  ``dataloader_num_workers=0``, ``dataloader_pin_memory=True`` (no effect on a CPU), ``remove_unused_columns=True``,
+  ``torch_compile=False``. Its batches are padded by ``DataCollatorWithPadding``, the collator the Trainer picks
+  itself when given a tokenizer. The resolved values are printed under ``hf_trainer_defaults_arguments``;
 * **plain_loop**: ``torch.optim.AdamW(..., fused=True)`` with the same decay / no-decay groups as tessera, the same
   schedule, bf16 autocast when tessera uses it, clipping, padding in the loop, over the same batches (same example
   indices, hence the same padded shapes) as tessera.
@@ -495,7 +496,8 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
                     runs[contender].append(measured)
                     print(f"[{key} {repeat + 1}/{repeats}] {contender:<19} "
                           f"{measured.samples / measured.seconds:7.2f} samples/s", file=sys.stderr, flush=True)
-                    # accelerate keeps one process-wide state: the fp32 HF run would pin it for the bf16 runs.
+                    # accelerate keeps one process-wide state: without a reset the fp32 HF run would inherit
+                    # bf16 from the runs before it, and tessera's bf16 would then be refused after it.
                     AcceleratorState._reset_state(reset_partial_state=True)
                     gc.collect()
             settings[key] = {
