@@ -1,29 +1,46 @@
 """Training throughput: tessera's Trainer against the Hugging Face ``Trainer`` and a hand-written PyTorch loop.
 
-Each contender trains MiniLM on the movie-review sentences with the same batch size, ``max_length``, learning
-rate, warm-up, weight decay, gradient clipping, precision (tessera's ``trainer.precision=auto``: bf16 autocast on a
-CPU with AVX512-BF16) and padding policy (dynamic padding, with or without length grouping), for ``--steps``
-optimizer steps after ``WARMUP_STEPS`` untimed ones:
+Each contender trains MiniLM on the movie-review sentences for ``--steps`` optimizer steps after ``WARMUP_STEPS``
+untimed ones, with the same batch size, ``max_length``, learning rate, warm-up, weight decay and gradient
+clipping. Four contenders:
 
 * **tessera**: the config from ``tessera.core.cli.compose_config``, a ``Run`` in a temporary directory, the model
   and adapters built and ``Trainer(...).fit()`` called as ``tessera.core.pipeline.execute`` does, with the built-in
-  plugins (console progress, TensorBoard) active as in a real run;
-* **hf_trainer**: ``transformers.Trainer`` with the equivalent ``TrainingArguments`` (``train_sampling_strategy``
-  ``group_by_length`` when tessera groups by length, no evaluation, saving or logging, ``report_to=none``) and its
-  default optimizer (``adamw_torch_fused``);
-* **plain_loop**: ``torch.optim.AdamW`` with PyTorch's defaults (as tessera), the same schedule, autocast, clipping,
-  padding in the loop, over the same batches (same example indices, hence the same padded shapes) as tessera.
+  plugins (console progress, TensorBoard) active as in a real run. Its defaults: ``trainer.precision=auto`` (bf16
+  autocast on a CPU with AVX512-BF16), dynamic padding with length-grouped batches, ``torch.optim.AdamW(...,
+  fused=True)``;
+* **hf_trainer** (matched settings): ``transformers.Trainer`` with ``TrainingArguments`` set to tessera's
+  efficiency settings: ``bf16`` when tessera resolves to bf16, ``train_sampling_strategy="group_by_length"`` when
+  tessera groups by length (``"random"`` otherwise), no evaluation, saving or logging, ``report_to="none"``,
+  ``disable_tqdm=True``, ``dataloader_num_workers=0``, ``remove_unused_columns=False``; its default optimizer
+  (``adamw_torch_fused``, the same fused kernel as tessera);
+* **hf_trainer_defaults** (what a user gets from ``TrainingArguments``): only the training recipe is set (output
+  directory, batch size, gradient accumulation, ``max_steps``, learning rate, weight decay, scheduler and its
+  warm-up steps, ``max_grad_norm``, seed, ``label_names``); everything else is transformers' default:
+  ``bf16=False`` (fp32: no autocast), ``train_sampling_strategy="random"`` (no length grouping),
+  ``optim="adamw_torch_fused"``, ``logging_strategy="steps"`` / ``logging_steps=500`` and ``save_strategy="steps"``
+  / ``save_steps=500`` (neither fires within a run this short), ``eval_strategy="no"``, ``report_to="none"``,
+  ``disable_tqdm=None`` (resolved from the log level: ``True`` here, since this script sets
+  ``TRANSFORMERS_VERBOSITY=error``; at the default level a user also gets a progress bar, one line update a step),
+  ``dataloader_num_workers=0``, ``dataloader_pin_memory=True`` (no effect on a CPU), ``remove_unused_columns=True``,
+  ``torch_compile=False``. Its batches are padded by ``DataCollatorWithPadding``, the collator the Trainer picks
+  itself when given a tokenizer. The resolved values are printed under ``hf_trainer_defaults_arguments``;
+* **plain_loop**: ``torch.optim.AdamW(..., fused=True)`` with the same decay / no-decay groups as tessera, the same
+  schedule, bf16 autocast when tessera uses it, clipping, padding in the loop, over the same batches (same example
+  indices, hence the same padded shapes) as tessera.
 
 Timing: every contender stamps ``time.perf_counter()`` at the end of optimizer step ``WARMUP_STEPS`` and at the
 end of the last step, from its own step-end point (tessera: a ``tessera_step_end`` hook registered ``trylast``,
-after the built-in loggers; the HF Trainer: ``TrainerCallback.on_step_end``; the plain loop: after
+after the built-in loggers; both HF Trainers: ``TrainerCallback.on_step_end``; the plain loop: after
 ``zero_grad``). The window therefore holds exactly ``--steps`` whole steps (collation, forward, backward, clipping,
 optimizer, schedule and each trainer's per-step bookkeeping) and none of the model loading or set-up.
 
-The contenders run interleaved (tessera, HF, plain, tessera, ...) in one process, each on a freshly loaded model,
-and the medians are reported: on a shared 2-core machine the absolute numbers move a lot, the ratios much less.
-The HF length-grouped sampler orders each mega-batch longest first, so its timed batches are not the same as
-tessera's; the padded positions processed are reported next to the samples so the work can be compared.
+The contenders run interleaved (tessera, HF matched, HF defaults, plain, tessera, ...) in one process, each on a
+freshly loaded model. Reported per setting: each contender's per-repeat measurements and medians, the ratios of
+tessera's median to each other contender's (samples and padded positions per second), and the per-repeat (paired)
+ratios with their median: on a shared 2-core machine the absolute numbers move a lot, the paired ratios much less.
+The HF samplers (length-grouped mega-batches sorted longest first, or random) make other batches than tessera's;
+the padded positions processed are reported next to the samples so the work can be compared.
 
 Usage: ``.venv/bin/python bench/train_throughput.py [--steps N] [--repeats N] [--quick] [--grouping on|off|both]``.
 One JSON object is printed on stdout; progress goes to stderr.
@@ -116,6 +133,8 @@ class Measurement:
     samples: int
     padded_tokens: int
     trainable_parameters: int
+    #: The autocast the contender trained under (``"bf16"`` or ``"no"``), as its accelerator reports it.
+    mixed_precision: str
 
     def as_dict(self) -> dict:
         """The measurement with its rates, for the JSON report."""
@@ -127,6 +146,7 @@ class Measurement:
             "samples": self.samples,
             "padded_tokens": self.padded_tokens,
             "trainable_parameters": self.trainable_parameters,
+            "mixed_precision": self.mixed_precision,
         }
 
 
@@ -148,13 +168,13 @@ class Window:
         elif step == self.last:
             self.ended = (time.perf_counter(), time.process_time())
 
-    def measurement(self, samples: int, padded_tokens: int, model) -> Measurement:
+    def measurement(self, samples: int, padded_tokens: int, model, mixed_precision: str) -> Measurement:
         """The window's measurement; fails loudly if a contender never reached one of its ends."""
         if self.started is None or self.ended is None:
             raise RuntimeError(f"the run did not reach steps {self.first} and {self.last}")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         wall, cpu = (end - start for end, start in zip(self.ended, self.started))
-        return Measurement(wall, cpu, samples, padded_tokens, trainable)
+        return Measurement(wall, cpu, samples, padded_tokens, trainable, str(mixed_precision))
 
 
 def _window_work(batches: list[list[int]], lengths: list[int]) -> tuple[int, int]:
@@ -247,11 +267,11 @@ def run_tessera(workload: Workload) -> Measurement:
         finally:
             run.emit("run_end", status="complete", metrics={})
     samples, tokens = _window_work(workload.tessera_batches(), [len(item["input_ids"]) for item in workload.train])
-    return window.measurement(samples, tokens, model)
+    return window.measurement(samples, tokens, model, trainer.accelerator.mixed_precision)
 
 
-def run_hf_trainer(workload: Workload) -> Measurement:
-    """``transformers.Trainer`` with the equivalent arguments, timed by a ``TrainerCallback``."""
+def _run_transformers_trainer(workload: Workload, **efficiency) -> Measurement:
+    """``transformers.Trainer`` on the workload's recipe plus the ``efficiency`` arguments, timed by a callback."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
     window = Window(WARMUP_STEPS, workload.total_steps)
@@ -281,18 +301,9 @@ def run_hf_trainer(workload: Workload) -> Measurement:
             lr_scheduler_type=workload.scheduler_name,
             warmup_steps=workload.warmup_schedule_steps,
             max_grad_norm=trainer_cfg.max_grad_norm,
-            bf16=workload.bf16,
-            use_cpu=workload.device == "cpu",
-            train_sampling_strategy="group_by_length" if trainer_cfg.group_by_length else "random",
             seed=trainer_cfg.seed,
-            eval_strategy="no",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
             label_names=["labels"],
+            **efficiency,
         )
         trainer = Trainer(
             model=model,
@@ -304,11 +315,35 @@ def run_hf_trainer(workload: Workload) -> Measurement:
         )
         trainer.train()
     timed = shapes[WARMUP_STEPS : workload.total_steps]
-    return window.measurement(sum(n for n, _ in timed), sum(n * w for n, w in timed), model)
+    return window.measurement(
+        sum(n for n, _ in timed), sum(n * w for n, w in timed), model, trainer.accelerator.mixed_precision
+    )
+
+
+def run_hf_trainer(workload: Workload) -> Measurement:
+    """``transformers.Trainer`` with tessera's precision, sampling and quiet bookkeeping (matched settings)."""
+    return _run_transformers_trainer(
+        workload,
+        bf16=workload.bf16,
+        use_cpu=workload.device == "cpu",
+        train_sampling_strategy="group_by_length" if workload.cfg.trainer.group_by_length else "random",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def run_hf_trainer_defaults(workload: Workload) -> Measurement:
+    """``transformers.Trainer`` with the recipe only: precision, sampling, optimizer, logging at their defaults."""
+    return _run_transformers_trainer(workload)
 
 
 def run_plain_loop(workload: Workload) -> Measurement:
-    """A hand-written loop over tessera's batches: pad, autocast forward, backward, clip, AdamW, schedule."""
+    """A hand-written loop over tessera's batches: pad, autocast forward, backward, clip, fused AdamW, schedule."""
     import torch
     from transformers import get_scheduler
 
@@ -320,6 +355,7 @@ def run_plain_loop(workload: Workload) -> Measurement:
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": trainer_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=trainer_cfg.learning_rate,
+        fused=True,
     )
     scheduler = get_scheduler(
         workload.scheduler_name, optimizer, workload.warmup_schedule_steps, workload.total_steps
@@ -347,17 +383,23 @@ def run_plain_loop(workload: Workload) -> Measurement:
         optimizer.zero_grad(set_to_none=True)
         window.step_end(step)
     samples, tokens = _window_work(batches, list(map(len, input_ids)))
-    return window.measurement(samples, tokens, model)
+    return window.measurement(samples, tokens, model, "bf16" if workload.bf16 else "no")
 
 
-CONTENDERS = {"tessera": run_tessera, "hf_trainer": run_hf_trainer, "plain_loop": run_plain_loop}
+CONTENDERS = {
+    "tessera": run_tessera,
+    "hf_trainer": run_hf_trainer,
+    "hf_trainer_defaults": run_hf_trainer_defaults,
+    "plain_loop": run_plain_loop,
+}
 
 
 # --- report ----------------------------------------------------------------------------------------------------
 
 
 def summarize(runs: dict[str, list[Measurement]]) -> dict:
-    """Medians per contender, the ratios of tessera's median to the others', and the per-repeat (paired) ratios."""
+    """Medians per contender, the ratios of tessera's median to the others', the per-repeat (paired) ratios and
+    their median."""
     report = {}
     for name, found in runs.items():
         rows = [m.as_dict() for m in found]
@@ -367,17 +409,35 @@ def summarize(runs: dict[str, list[Measurement]]) -> dict:
             "runs": rows,
         }
     tessera = report["tessera"]
-    for other, key in (("hf_trainer", "hf"), ("plain_loop", "plain")):
+    for other, key in (("hf_trainer", "hf"), ("hf_trainer_defaults", "hf_defaults"), ("plain_loop", "plain")):
         report[f"ratio_tessera_vs_{key}"] = (
             tessera["samples_per_second_median"] / report[other]["samples_per_second_median"]
         )
         report[f"ratio_tessera_vs_{key}_padded_tokens"] = (
             tessera["padded_tokens_per_second_median"] / report[other]["padded_tokens_per_second_median"]
         )
-        report[f"paired_ratios_tessera_vs_{key}"] = [
-            a.samples / a.seconds / (b.samples / b.seconds) for a, b in zip(runs["tessera"], runs[other])
-        ]
+        paired = [a.samples / a.seconds / (b.samples / b.seconds) for a, b in zip(runs["tessera"], runs[other])]
+        report[f"paired_ratios_tessera_vs_{key}"] = paired
+        report[f"paired_ratio_tessera_vs_{key}_median"] = statistics.median(paired)
     return report
+
+
+def hf_trainer_default_arguments() -> dict:
+    """The ``TrainingArguments`` defaults that decide the ``hf_trainer_defaults`` contender's speed, as resolved."""
+    from transformers import TrainingArguments
+
+    with tempfile.TemporaryDirectory() as directory:
+        args = TrainingArguments(output_dir=directory)
+    return {
+        "bf16": args.bf16,
+        "train_sampling_strategy": args.train_sampling_strategy,
+        "optim": str(getattr(args.optim, "value", args.optim)),
+        "logging_steps": args.logging_steps,
+        "save_steps": args.save_steps,
+        "disable_tqdm": args.disable_tqdm,
+        "dataloader_num_workers": args.dataloader_num_workers,
+        "torch_compile": args.torch_compile,
+    }
 
 
 def machine() -> dict:
@@ -417,6 +477,7 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
     """Run every setting and padding policy, the contenders interleaved in each repeat; return the report."""
     import torch
     import transformers
+    from accelerate.state import AcceleratorState
 
     from tessera.core.cli import prepare_hydra
 
@@ -433,8 +494,11 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
                 for contender, run in CONTENDERS.items():
                     measured = run(workload)
                     runs[contender].append(measured)
-                    print(f"[{key} {repeat + 1}/{repeats}] {contender:<10} "
+                    print(f"[{key} {repeat + 1}/{repeats}] {contender:<19} "
                           f"{measured.samples / measured.seconds:7.2f} samples/s", file=sys.stderr, flush=True)
+                    # accelerate keeps one process-wide state: without a reset the fp32 HF run would inherit
+                    # bf16 from the runs before it, and tessera's bf16 would then be refused after it.
+                    AcceleratorState._reset_state(reset_partial_state=True)
                     gc.collect()
             settings[key] = {
                 "adapter": name,
@@ -471,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "warmup_steps": WARMUP_STEPS,
         "repeats": repeats,
+        "hf_trainer_defaults_arguments": hf_trainer_default_arguments(),
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "wall_seconds": time.perf_counter() - started,
         "settings": result["settings"],
