@@ -78,6 +78,7 @@ def child(overrides: list[str]) -> dict:
     from tessera import hookimpl
     from tessera.core.cli import compose_config, prepare_hydra
     from tessera.core.pipeline import execute, prepare
+    from tessera.core.plugins import discover
 
     class Counter:
         """Counts the parameters at the first optimizer step: all of them, and those with a gradient."""
@@ -93,9 +94,10 @@ def child(overrides: list[str]) -> dict:
                     "total_parameters": sum(p.numel() for p in parameters),
                 }
 
-    prepare_hydra()
+    plugins = discover()
+    prepare_hydra(plugins)
     with tempfile.TemporaryDirectory(prefix="tessera-bench-adapters-") as directory:
-        run, splits = prepare(compose_config(overrides), Path(directory) / "run")
+        run, splits = prepare(compose_config(overrides, plugins), Path(directory) / "run", plugins)
         counter = Counter()
         run.composition.plugins.manager.register(counter)
         test = execute(run, splits)

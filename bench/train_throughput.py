@@ -86,6 +86,8 @@ class Workload:
     tokenizer: object
     labels: list[str]
     steps: int
+    #: The plugins of the process (:func:`tessera.core.plugins.discover`), as a ``tessera train`` has them.
+    plugins: object
 
     @property
     def total_steps(self) -> int:
@@ -186,20 +188,20 @@ def _window_work(batches: list[list[int]], lengths: list[int]) -> tuple[int, int
 # --- shared set-up ---------------------------------------------------------------------------------------------
 
 
-def prepare_workload(name: str, overrides: list[str], steps: int) -> Workload:
+def prepare_workload(name: str, overrides: list[str], steps: int, plugins) -> Workload:
     """Compose tessera's config for a setting and tokenize its training split, trimmed to whole batches."""
     from tessera.core.cli import compose_config
     from tessera.core.data import load_splits
     from tessera.core.models import load_tokenizer
     from tessera.core.run import compose
 
-    cfg = compose_config([*overrides, f"trainer.max_steps={WARMUP_STEPS + steps}"])
+    cfg = compose_config([*overrides, f"trainer.max_steps={WARMUP_STEPS + steps}"], plugins)
     splits = load_splits(cfg.data)
     tokenizer = load_tokenizer(cfg.model)
     batch_size = cfg.trainer.batch_size
     whole = len(splits.train) // batch_size * batch_size
-    train = compose(cfg).item_builder.items(splits.train[:whole], tokenizer, cfg.data.max_length, cfg.trainer.seed)
-    workload = Workload(name, cfg, train, tokenizer, splits.labels, steps)
+    train = compose(cfg, plugins).item_builder.items(splits.train[:whole], tokenizer, cfg.data.max_length, cfg.trainer.seed)
+    workload = Workload(name, cfg, train, tokenizer, splits.labels, steps, plugins)
     if workload.total_steps > whole // batch_size:
         raise SystemExit(f"--steps {steps} needs more than one epoch ({whole // batch_size} batches): use fewer")
     return workload
@@ -252,7 +254,7 @@ def run_tessera(workload: Workload) -> Measurement:
             window.step_end(step)
 
     cfg = workload.cfg
-    composition = compose(cfg)
+    composition = compose(cfg, workload.plugins)
     composition.plugins.manager.register(Timer(), name="bench.timer")
     with tempfile.TemporaryDirectory() as directory:
         run = Run(composition, Path(directory))
@@ -265,7 +267,7 @@ def run_tessera(workload: Workload) -> Measurement:
         try:
             model = trainer.fit()
         finally:
-            run.emit("run_end", status="complete", metrics={})
+            run.events.run_end("complete", {})
     samples, tokens = _window_work(workload.tessera_batches(), [len(item["input_ids"]) for item in workload.train])
     return window.measurement(samples, tokens, model, trainer.accelerator.mixed_precision)
 
@@ -480,15 +482,17 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
     from accelerate.state import AcceleratorState
 
     from tessera.core.cli import prepare_hydra
+    from tessera.core.plugins import discover
 
     transformers.utils.logging.disable_progress_bar()
-    prepare_hydra()
+    plugins = discover()
+    prepare_hydra(plugins)
     threads = torch.get_num_threads()
     settings = {}
     for grouped in grouping:
         for name, overrides in SETTINGS.items():
             key = name if grouped else f"{name}_no_grouping"
-            workload = prepare_workload(key, [*overrides, f"trainer.group_by_length={grouped}"], steps)
+            workload = prepare_workload(key, [*overrides, f"trainer.group_by_length={grouped}"], steps, plugins)
             runs = {contender: [] for contender in CONTENDERS}
             for repeat in range(repeats):
                 for contender, run in CONTENDERS.items():
