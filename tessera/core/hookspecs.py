@@ -6,8 +6,9 @@ third-party packages are found through the entry-point group ``tessera``.
 
 There are two kinds of hooks.
 
-**Registration hooks** (one per technique family, plus :func:`tessera_config_search_path`) are called once when the
-plugin manager is built. Each returns a list of technique classes of its family (subclasses of the family base in
+**Registration hooks** (one per technique family, generated below from the family table
+:data:`tessera.core.techniques.FAMILIES`, plus :func:`tessera_config_search_path`) are called through pluggy, for
+each plugin on its own, when a plugin manager is built. Each returns a list of technique classes of its family (subclasses of the family base in
 :mod:`tessera.core.techniques`); the class attributes ``name`` and ``Config`` give the technique's name on the
 command line and its config dataclass, which is stored in Hydra's ConfigStore as ``<family>/<name>`` so that
 ``adapter=lora adapter.lora.r=16`` is type-checked. A name may be registered by one plugin only. Within a run the
@@ -17,8 +18,9 @@ pipeline calls the selected techniques of a family **in config order** (``adapte
 **Lifecycle events** are broadcast to every registered plugin that implements them, in pluggy's order (last
 registered first; ``tryfirst=True`` / ``trylast=True`` move an implementation to the front or back). Their return
 values are ignored. An exception in an event hook fails the run: a logger that must never fail should catch its
-own errors. Every event receives ``run``, the :class:`tessera.core.run.Run` of the current job (its resolved
-config ``run.cfg``, its directory ``run.dir`` and its selected techniques ``run.techniques``).
+own errors. Every event receives ``run``, the :class:`tessera.core.run.Run` of the current run, one stage of the
+job (its resolved config ``run.cfg``, its directory ``run.dir`` and its selected techniques ``run.techniques``).
+tessera calls them through the typed methods of :class:`tessera.core.run.Events`.
 """
 
 import pluggy
@@ -61,7 +63,7 @@ def tessera_config_search_path():
 
 @hookspec
 def tessera_run_start(run):
-    """Called once per job after the composition is validated and the model is built, before training."""
+    """Called once per run (stage) after the model is built and any checkpoint restored, before training."""
 
 
 @hookspec
@@ -86,7 +88,8 @@ def tessera_epoch_end(run, epoch, metrics):
 
 @hookspec
 def tessera_evaluation(run, split, metrics):
-    """Called after a split (``"validation"`` or ``"test"``) is evaluated, with its metrics dict."""
+    """Called after a split is evaluated, with its metrics dict: ``"validation"`` at the end of every complete epoch
+    (right before ``tessera_epoch_end`` gets the same metrics), ``"test"`` once after training, before export."""
 
 
 @hookspec
@@ -96,6 +99,6 @@ def tessera_export(run, export_dir):
 
 @hookspec
 def tessera_run_end(run, status, metrics):
-    """Called once per job at its end: ``status`` is ``"complete"`` or ``"failed"``; ``metrics`` the test metrics
-    (empty when the run failed). Loggers flush and close here. A run that fails before training (in augmentation,
+    """Called once per run at its end with the status ``run.json`` records: ``"complete"``, ``"failed"`` or
+    ``"interrupted"`` (Ctrl-C or SIGTERM); ``metrics`` the test metrics (empty unless complete). Loggers flush and close here. A run that fails before training (in augmentation,
     retrieval or model loading) ends without a ``tessera_run_start``."""
