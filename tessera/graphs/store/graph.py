@@ -178,13 +178,7 @@ class KnowledgeGraph:
         self, seeds, hops: int = 2, relation_mask: np.ndarray | None = None, direction: str = "both"
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``hops``-hop neighbourhood of the entity ids ``seeds``: ``(node ids, edge ids)``, each listed once
-        in the order reached (seeds first).
-
-        Edges are followed ``"out"`` (head to tail), ``"in"`` or ``"both"`` ways, only through relations that
-        ``relation_mask`` admits. The edges are those traversed, i.e. every edge on a path of at most ``hops``
-        steps from a seed. While the frontier is small, a hop walks the CSR slices in Python (microseconds); once
-        it grows, every further hop is one vectorised gather over per-thread scratch arrays. Thread-safe.
-        """
+        in the order reached (seeds first); see :meth:`tessera.graphs.store.traversal.Traversal.k_hop`."""
         return self._traversal.k_hop(seeds, hops, relation_mask, direction)
 
     # --- text ----------------------------------------------------------------------------------------------------
