@@ -73,13 +73,13 @@ def killed_with_three(tmp_path_factory):
 
 
 def resume_copy(killed, tmp_path, damage):
-    """Copy the killed run, let ``damage(checkpoints dir)`` break it, resume it; return (run dir, stderr)."""
+    """Copy the killed run, let ``damage(checkpoints dir)`` break it, resume it; return (run dir, its log)."""
     run_dir = tmp_path / "run"
     shutil.copytree(killed, run_dir)
     damage(run_dir / "checkpoints")
     resumed = tessera("train", *KEEP_THREE, "resume=true", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    return run_dir, resumed.stderr
+    return run_dir, resumed.stdout  # Hydra logs to stdout
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, straight):
@@ -90,7 +90,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, straight):
 
     resumed = tessera("train", *RUN, "resume=true", f"hydra.run.dir={killed}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    lines = [line for line in resumed.stderr.splitlines() if "resuming from" in line]
+    lines = [line for line in resumed.stdout.splitlines() if "resuming from" in line]
     assert len(lines) == 1 and lines[0].endswith("resuming from checkpoints/step-0000015 (epoch 2 of 2, step 15 of 24)")
     assert_same_outcome(killed, straight)
 
@@ -103,9 +103,9 @@ def test_a_stale_partial_checkpoint_is_ignored_and_removed(killed_with_three, tm
         for file in partial.iterdir():
             file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
 
-    run_dir, stderr = resume_copy(killed_with_three, tmp_path, interrupt_the_last_write)
-    assert "resuming from checkpoints/step-0000012 (epoch 2 of 2, step 12 of 24)" in stderr
-    assert "skipping" not in stderr
+    run_dir, log = resume_copy(killed_with_three, tmp_path, interrupt_the_last_write)
+    assert "resuming from checkpoints/step-0000012 (epoch 2 of 2, step 12 of 24)" in log
+    assert "skipping" not in log
     assert not (run_dir / "checkpoints" / "step-0000015.partial").exists()
     assert_same_outcome(run_dir, straight)
 
@@ -115,10 +115,10 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_previous_one(killed_with_three,
         state = checkpoints / "step-0000015" / "state.json"
         state.write_bytes(b"#" * state.stat().st_size)  # same size: only parsing can tell
 
-    run_dir, stderr = resume_copy(killed_with_three, tmp_path, garble_the_last_state)
-    warnings = [line for line in stderr.splitlines() if "skipping the unreadable checkpoint" in line]
+    run_dir, log = resume_copy(killed_with_three, tmp_path, garble_the_last_state)
+    warnings = [line for line in log.splitlines() if "skipping the unreadable checkpoint" in line]
     assert len(warnings) == 1 and "checkpoints/step-0000015" in warnings[0]
-    assert "resuming from checkpoints/step-0000012 (epoch 2 of 2, step 12 of 24)" in stderr
+    assert "resuming from checkpoints/step-0000012 (epoch 2 of 2, step 12 of 24)" in log
     assert_same_outcome(run_dir, straight)
 
 
@@ -127,10 +127,10 @@ def test_a_run_without_a_readable_checkpoint_starts_over(killed_with_three, tmp_
         for trainable in checkpoints.glob("step-*/trainable.safetensors"):
             trainable.write_bytes(trainable.read_bytes()[:100])
 
-    run_dir, stderr = resume_copy(killed_with_three, tmp_path, truncate_every_weight_file)
-    assert stderr.count("skipping the unreadable checkpoint") == 3
-    assert "no checkpoint in checkpoints reads back: starting from step 0" in stderr
-    assert "resuming from" not in stderr
+    run_dir, log = resume_copy(killed_with_three, tmp_path, truncate_every_weight_file)
+    assert log.count("skipping the unreadable checkpoint") == 3
+    assert "no checkpoint in checkpoints reads back: starting from step 0" in log
+    assert "resuming from" not in log
     assert_same_outcome(run_dir, straight)
 
 
