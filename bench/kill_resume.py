@@ -6,11 +6,14 @@ uninterrupted reference run is timed from the outside (when its first checkpoint
 ``.export.*`` directory appear, and when it exits). Then each of ``--kills`` runs is aimed at one phase, the phases
 taking turns in a seeded random order:
 
-* **training**: a random moment between the first checkpoint and the end of training (reference timing);
+* **training**: once a random checkpoint (not the last) appears, a random moment within one checkpoint interval
+  of the reference;
 * **checkpoint**: the checkpoints directory is polled every 0.5 ms and the run is killed as soon as the k-th
   ``step-NNNNNNN.partial`` directory (k random) is seen, i.e. while that checkpoint is being written;
-* **evaluation**: a random moment after the final checkpoint appears, within the reference's evaluation time;
-* **export**: a random moment after the ``.export.*`` temporary directory appears, within the reference's export.
+* **evaluation**: a random moment after the final checkpoint appears, within the reference's evaluation time
+  scaled by how much slower or faster than the reference this run trained;
+* **export**: a random moment within 0.2 s (the smoke export's length when idle) after the ``.export.*``
+  temporary directory appears.
 
 Aims can miss on a loaded machine, so each kill is counted by the phase the run directory shows right after the
 kill: ``checkpoint`` (a ``.partial`` directory is left), ``export`` (``.export.*`` or ``export/`` exists),
@@ -45,6 +48,8 @@ PHASES = ("training", "checkpoint", "evaluation", "export")
 TOLERANCE = 1e-6
 MAX_RESUMES = 3
 CHECKPOINT_EVERY = 2
+#: About how long the smoke export takes on an idle machine (the reference's window also holds the exit).
+EXPORT_SECONDS = 0.2
 
 
 def settings(epochs: int, limit_train: int) -> list[str]:
@@ -126,20 +131,22 @@ def differences(got, expected, key: str = "") -> list[str]:
     return [] if got == expected else [key]
 
 
-def wait_then_kill(process: subprocess.Popen, ready, delay: float, poll: float = 0.002) -> bool:
-    """Once ``ready()`` holds, wait ``delay`` seconds and SIGKILL ``process``; False when it exited first."""
+def wait_for(process: subprocess.Popen, ready, poll: float = 0.002) -> bool:
+    """Poll until ``ready()`` holds (True) or ``process`` exits (False)."""
     while not ready():
         if process.poll() is not None:
             return False
         time.sleep(poll)
-    deadline = time.perf_counter() + delay
-    while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            return False
-        time.sleep(poll)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
     return True
+
+
+def kill_after(process: subprocess.Popen, delay: float) -> bool:
+    """SIGKILL ``process`` in ``delay`` seconds; False when it exits first."""
+    if wait_for(process, lambda deadline=time.perf_counter() + delay: time.perf_counter() >= deadline, 0.0005):
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return True
+    return False
 
 
 def kill_once(aim: str, overrides: list[str], run_dir: Path, reference: dict, final_checkpoint: str,
@@ -156,18 +163,33 @@ def kill_once(aim: str, overrides: list[str], run_dir: Path, reference: dict, fi
             partials.update(name for name in names if name.endswith(".partial"))
             return len(partials) > target or final_checkpoint in names
 
-        killed = wait_then_kill(process, ready, 0.0, poll=0.0005)
+        killed = wait_for(process, ready, poll=0.0005) and kill_after(process, 0.0)
     elif aim == "training":
-        window = timeline["evaluation"] - timeline["training"]
-        killed = wait_then_kill(process, lambda: bool(entries(checkpoints_dir)), rng.uniform(0, 0.9 * window))
+        # After a random checkpoint appears, within one checkpoint interval: event-driven, whatever the load.
+        after = f"step-{CHECKPOINT_EVERY * (1 + rng.randrange(writes - 1)):07d}"
+        interval = (timeline["evaluation"] - timeline["training"]) / max(1, writes - 1)
+        ready = wait_for(process, lambda: after in entries(checkpoints_dir))
+        killed = ready and kill_after(process, rng.uniform(0, interval))
     elif aim == "evaluation":
+        # The reference's evaluation time, scaled by how much slower or faster this run trained.
+        first = []
+
+        def ready() -> bool:
+            names = entries(checkpoints_dir)
+            if names and not first:
+                first.append(time.perf_counter())
+            return final_checkpoint in names
+
+        reference_training = timeline["evaluation"] - timeline["training"]
         window = timeline["export"] - timeline["evaluation"]
-        killed = wait_then_kill(process, lambda: final_checkpoint in entries(checkpoints_dir),
-                                rng.uniform(0, window))
+        killed = False
+        if wait_for(process, ready):
+            scale = (time.perf_counter() - first[0]) / reference_training if first else 1.0
+            killed = kill_after(process, rng.uniform(0, 0.9 * window * scale))
     else:
         window = timeline["exit"] - timeline["export"]
-        killed = wait_then_kill(process, lambda: any(n.startswith(".export.") for n in entries(run_dir)),
-                                rng.uniform(0, 0.5 * window), poll=0.0005)
+        ready = wait_for(process, lambda: any(n.startswith(".export.") for n in entries(run_dir)), poll=0.0005)
+        killed = ready and kill_after(process, rng.uniform(0, min(EXPORT_SECONDS, window)))
     process.wait()
     log.close()
     return killed, observed_phase(run_dir, final_checkpoint)
