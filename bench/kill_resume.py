@@ -24,8 +24,8 @@ until it exits 0, at most 3 times, and its test metrics and training losses are 
 
 Usage: ``.venv/bin/python bench/kill_resume.py [--kills 20] [--seed 0] [--epochs 2] [--limit-train 192]
 [--workdir DIR]``. One JSON object is printed on stdout (kills by phase, resumed-ok count, mismatches, seconds);
-progress goes to stderr. Each run costs a Python start-up (about 20 s here) plus its training; 20 kills take
-roughly half an hour on 2 cores.
+progress goes to stderr. A kill-and-resume cycle took 45-130 s on the shared 2-core machine (4 kills: 234 s in
+all at a load average of 4.4); 20 kills take 15-45 minutes.
 """
 
 from __future__ import annotations
