@@ -5,10 +5,26 @@ selected, else a plain backward), **before the optimizer step** (gradient clippi
 ``tessera_before_optimizer_step`` event), **step end** (the ``tessera_step_end`` event, then a checkpoint when due).
 A checkpoint holds the trainable weights, the optimizer, the schedule, the RNG states and the position in the
 epoch, so ``resume=true`` continues a killed run to the same result as an uninterrupted one.
+
+Checkpoint format: ``checkpoints/step-NNNNNNN/`` holds ``trainable.safetensors`` (the trainable weights),
+``optimizer.safetensors`` (the optimizer's state tensors, keyed ``<parameter index>/<slot>``), ``rng.safetensors``
+(the torch CPU and CUDA generator states), ``state.json`` (position, metrics history, schedule, the optimizer's
+parameter groups and non-tensor state, the Python ``random`` state and the config fingerprint) and, written last,
+``complete.json`` (the size of every other file). Loading never unpickles: safetensors files are a JSON header and
+raw bytes, and JSON holds only plain values, so a checkpoint cannot run code. ``torch.load(weights_only=True)``
+would still run a (restricted) unpickler and would need allow-listing for the Python RNG state and the history;
+safetensors plus JSON also keeps every part readable by other tools.
+
+A checkpoint is written into ``step-NNNNNNN.partial``, every file fsynced, then renamed into place with
+``os.replace``, so a complete ``step-NNNNNNN`` directory only ever appears whole. A resume removes what a killed
+write leaves (``*.partial``, a directory without ``complete.json``), skips a checkpoint that does not read back
+(missing, truncated or garbled file) with a warning, removing it, and loads the newest one that does.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import random
@@ -22,7 +38,17 @@ from tessera.core.batching import batch_order, collate, model_inputs
 from tessera.core.errors import ConfigError
 from tessera.core.run import Run
 
-CHECKPOINT_FILE = "state.pt"
+log = logging.getLogger("tessera")
+
+TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE = (
+    "trainable.safetensors",
+    "optimizer.safetensors",
+    "rng.safetensors",
+    "state.json",
+)
+#: Written last into a checkpoint: the size in bytes of each of its other files.
+COMPLETE_MARKER = "complete.json"
+PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -261,64 +287,200 @@ class Trainer:
         return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     def _checkpoint(self) -> None:
-        """Write a resumable checkpoint atomically (a temporary directory renamed into place)."""
+        """Write a resumable checkpoint atomically: every file into ``step-N.partial`` and fsynced, the completion
+        marker last, then one rename to ``step-N``."""
         import torch
+        from safetensors.torch import save
 
         if not self.accelerator.is_main_process:
             return
         final = self.checkpoint_dir / f"step-{self.global_step:07d}"
         if final.exists():
             return
-        partial = final.with_name(final.name + ".partial")
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
+        optimizer_tensors, optimizer_rest = _split_optimizer_state(self.optimizer.state_dict())
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda.{index}": state for index, state in enumerate(torch.cuda.get_rng_state_all())})
         state = {
-            "trainable": self._trainable_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "position": {"global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done},
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "config": config_fingerprint(self.run.cfg),
             "history": self.history,
+            "scheduler": self.scheduler.state_dict(),
+            "optimizer": optimizer_rest,
+            "python_rng": random.getstate(),
+            "config": config_fingerprint(self.run.cfg),
         }
-        torch.save(state, partial / CHECKPOINT_FILE)
+        contents = {
+            TRAINABLE_FILE: save(self._trainable_state()),
+            OPTIMIZER_FILE: save(optimizer_tensors),
+            RNG_FILE: save(rng),
+            STATE_FILE: json.dumps(state).encode(),
+        }
+        for name, data in contents.items():
+            _write_synced(partial / name, data)
+        sizes = {name: len(data) for name, data in contents.items()}
+        _write_synced(partial / COMPLETE_MARKER, json.dumps(sizes).encode())
+        _sync_directory(partial)
         os.replace(partial, final)
+        _sync_directory(self.checkpoint_dir)
         for old in self.checkpoints()[: -max(1, self.cfg.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
 
     def checkpoints(self) -> list[Path]:
-        """The complete checkpoints of the run, oldest first."""
+        """The complete checkpoints of the run (renamed into place, with their completion marker), oldest first."""
         if not self.checkpoint_dir.is_dir():
             return []
-        return sorted(p for p in self.checkpoint_dir.glob("step-*") if (p / CHECKPOINT_FILE).is_file())
+        return sorted(p for p in self.checkpoint_dir.glob("step-*") if _is_complete(p))
 
     def _restore(self) -> None:
-        import torch
-
+        """Load the newest checkpoint that reads back; remove unfinished ones and unreadable ones (with a warning).
+        Logs one line saying what the run resumes from, or that it starts from step 0."""
+        if self.checkpoint_dir.is_dir():
+            for unfinished in sorted(p for p in self.checkpoint_dir.glob("step-*") if not _is_complete(p)):
+                log.info("removing the unfinished checkpoint %s", self._shown(unfinished))
+                shutil.rmtree(unfinished, ignore_errors=True)
         found = self.checkpoints()
-        if not found:
+        for path in reversed(found):
+            try:
+                loaded = _read_checkpoint(path)
+                self._refuse_another_config(path, loaded["config"])
+                self._check_trainable(loaded["trainable"])
+            except UnreadableCheckpoint as error:
+                log.warning("skipping the unreadable checkpoint %s (%s): removed", self._shown(path), error)
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            self._load(loaded)
+            log.info("resuming from %s (%s)", self._shown(path), self._describe_position())
             return
-        state = torch.load(found[-1] / CHECKPOINT_FILE, weights_only=False)
+        where = self._shown(self.checkpoint_dir)
+        if found:
+            log.warning("resume: no checkpoint in %s reads back: starting from step 0", where)
+        else:
+            log.info("resume: no checkpoint in %s: starting from step 0", where)
+
+    def _shown(self, path: Path) -> str:
+        return str(path.relative_to(self.run.dir)) if path.is_relative_to(self.run.dir) else str(path)
+
+    def _describe_position(self) -> str:
+        steps = f"step {self.global_step} of {self.run.total_steps}"
+        if self._finished() or self.epoch >= self.cfg.epochs:
+            return f"training done, {steps}"
+        return f"epoch {self.epoch + 1} of {self.cfg.epochs}, {steps}"
+
+    def _refuse_another_config(self, path: Path, recorded: dict) -> None:
         current = config_fingerprint(self.run.cfg)
-        changed = sorted(k for k in state["config"].keys() | current.keys() if state["config"].get(k) != current.get(k))
+        changed = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
         if changed:
-            shown = ", ".join(f"{k}: {state['config'].get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+            shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
             raise ConfigError(
-                f"the checkpoint {found[-1]} was written with another config ({shown}): "
+                f"the checkpoint {path} was written with another config ({shown}): "
                 "resume with the same overrides as the original run"
             )
+
+    def _check_trainable(self, trainable: dict) -> None:
+        """Raise :class:`UnreadableCheckpoint` unless ``trainable`` holds exactly the model's trainable weights."""
+        model = self.accelerator.unwrap_model(self.model)
+        shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+        stored = {name: tuple(value.shape) for name, value in trainable.items()}
+        if stored != shapes:
+            differing = sorted(name for name in stored.keys() | shapes.keys() if stored.get(name) != shapes.get(name))
+            raise UnreadableCheckpoint(f"its trainable weights do not fit the model ({', '.join(differing[:3])})")
+
+    def _load(self, loaded: dict) -> None:
+        import torch
+
         parameters = dict(self.accelerator.unwrap_model(self.model).named_parameters())
         with torch.no_grad():
-            for name, value in state["trainable"].items():
+            for name, value in loaded["trainable"].items():
                 parameters[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(loaded["optimizer"])
+        self.scheduler.load_state_dict(loaded["scheduler"])
+        self.global_step, self.epoch, self.batches_done = loaded["position"]
+        self.history = loaded["history"]
+        torch.set_rng_state(loaded["torch_rng"])
+        if torch.cuda.is_available() and len(loaded["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(loaded["cuda_rng"])
+        random.setstate(loaded["python_rng"])
+
+
+class UnreadableCheckpoint(Exception):
+    """A complete checkpoint whose files are missing, truncated, garbled or do not fit the model."""
+
+
+def _is_complete(path: Path) -> bool:
+    return not path.name.endswith(PARTIAL_SUFFIX) and (path / COMPLETE_MARKER).is_file()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
+    """An optimizer's ``state_dict`` as (its state tensors keyed ``<parameter index>/<slot>``, the JSON-able rest)."""
+    import torch
+
+    tensors, rest = {}, {}
+    for index, slots in state_dict["state"].items():
+        rest[str(index)] = {}
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}/{slot}"] = value.detach().cpu().contiguous()
+            else:
+                rest[str(index)][slot] = value
+    return tensors, {"state": rest, "param_groups": state_dict["param_groups"]}
+
+
+def _join_optimizer_state(tensors: dict, rest: dict) -> dict:
+    """The inverse of :func:`_split_optimizer_state`."""
+    state = {int(index): dict(slots) for index, slots in rest["state"].items()}
+    for key, tensor in tensors.items():
+        index, slot = key.split("/", 1)
+        state[int(index)][slot] = tensor
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The parts of the complete checkpoint ``path`` as the trainer loads them, read without unpickling; raises
+    :class:`UnreadableCheckpoint` when a file is missing, truncated or garbled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        sizes = json.loads((path / COMPLETE_MARKER).read_bytes())
+        for name in (TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE):
+            actual = (path / name).stat().st_size
+            if actual != sizes[name]:
+                raise UnreadableCheckpoint(f"{name} has {actual} bytes, not {sizes[name]}")
+        state = json.loads((path / STATE_FILE).read_bytes())
+        missing = {"position", "history", "scheduler", "optimizer", "python_rng", "config"} - state.keys()
+        if missing:
+            raise UnreadableCheckpoint(f"{STATE_FILE} lacks {', '.join(sorted(missing))}")
         position = state["position"]
-        self.global_step, self.epoch, self.batches_done = (
-            position["global_step"],
-            position["epoch"],
-            position["batches_done"],
-        )
-        self.history = state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+        version, internal, gauss_next = state["python_rng"]
+        rng = load((path / RNG_FILE).read_bytes())
+        return {
+            "position": (position["global_step"], position["epoch"], position["batches_done"]),
+            "history": state["history"],
+            "scheduler": state["scheduler"],
+            "config": state["config"],
+            "python_rng": (version, tuple(internal), gauss_next),
+            "torch_rng": rng["torch"],
+            "cuda_rng": [rng[f"cuda.{index}"] for index in range(sum(key.startswith("cuda.") for key in rng))],
+            "trainable": load((path / TRAINABLE_FILE).read_bytes()),
+            "optimizer": _join_optimizer_state(load((path / OPTIMIZER_FILE).read_bytes()), state["optimizer"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
+        raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
