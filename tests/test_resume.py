@@ -156,3 +156,14 @@ def test_resume_refuses_a_checkpoint_from_another_config(tmp_path):
     assert result.returncode == 2
     assert "trainer.epochs: 2 -> 3" in result.stderr
     assert "resume with the same overrides as the original run" in result.stderr
+
+
+def test_an_export_removes_what_a_killed_export_left_behind(tmp_path):
+    from tessera.core.files import atomic_directory
+
+    left = tmp_path / ".export.abc123"
+    (left / "adapters").mkdir(parents=True)
+    with atomic_directory(tmp_path / "export", owned=True) as partial:
+        (partial / "config.json").write_text("{}")
+    assert not left.exists() and (tmp_path / "export" / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]

@@ -67,7 +67,7 @@ def model_card(run: Run, metrics: dict, base: str, unmerged: list[str], notes: l
 def export(run: Run, model, tokenizer, metrics: dict, base: str) -> Path:
     """Write ``<run>/export`` atomically and return it. ``model`` is the trained model with its adapters."""
     target = run.dir / "export"
-    with atomic_directory(target) as partial:
+    with atomic_directory(target, owned=True) as partial:
         unmerged = []
         notes = []
         for adapter in reversed(run.composition.selected("adapter")):

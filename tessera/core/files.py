@@ -29,9 +29,14 @@ def write_json(path: Path, value) -> None:
 
 
 @contextmanager
-def atomic_directory(path: Path):
-    """Yield a temporary sibling directory that replaces ``path`` only when the block succeeds."""
+def atomic_directory(path: Path, owned: bool = False):
+    """Yield a temporary sibling directory that replaces ``path`` only when the block succeeds. ``owned``: no other
+    process writes ``path`` (a run's own directory), so temporary siblings a killed process left behind
+    (``.<name>.*``) are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*") if owned else ():
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield partial
