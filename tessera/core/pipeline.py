@@ -59,8 +59,10 @@ def ended(error: BaseException, directory: Path) -> tuple[str, dict]:
     """How a stage or job in ``directory`` ended on ``error``, as ``(status, details)``: ``failed`` with the error
     in one line, or ``interrupted`` (Ctrl-C or SIGTERM) with what ``resume=true`` will do."""
     if isinstance(error, KeyboardInterrupt):
-        checkpoints = sorted(p.name for p in directory.glob("**/checkpoints/step-*") if p.suffix != ".partial")
-        where = f"its last checkpoint, {checkpoints[-1]}" if checkpoints else "the start (no checkpoint was written)"
+        from tessera.core.checkpoints import complete
+
+        found = complete(directory / "checkpoints")
+        where = f"its last checkpoint, {found[-1].name}" if found else "the start (no checkpoint was written)"
         return "interrupted", {"resume": f"rerun the same command with resume=true: it continues from {where}"}
     message = str(error).strip().splitlines()
     return "failed", {"error": f"{type(error).__name__}: {message[0]}" if message else type(error).__name__}

@@ -6,19 +6,7 @@ selected, else a plain backward), **before the optimizer step** (gradient clippi
 A checkpoint holds the trainable weights, the optimizer, the schedule, the RNG states and the position in the
 epoch, so ``resume=true`` continues a killed run to the same result as an uninterrupted one.
 
-Checkpoint format: ``checkpoints/step-NNNNNNN/`` holds ``trainable.safetensors`` (the trainable weights),
-``optimizer.safetensors`` (the optimizer's state tensors, keyed ``<parameter index>/<slot>``), ``rng.safetensors``
-(the torch CPU and CUDA generator states), ``state.json`` (position, metrics history, schedule, the optimizer's
-parameter groups and non-tensor state, the Python ``random`` state and the config fingerprint) and, written last,
-``complete.json`` (the size of every other file). Loading never unpickles: safetensors files are a JSON header and
-raw bytes, and JSON holds only plain values, so a checkpoint cannot run code. ``torch.load(weights_only=True)``
-would still run a (restricted) unpickler and would need allow-listing for the Python RNG state and the history;
-safetensors plus JSON also keeps every part readable by other tools.
-
-A checkpoint is written into ``step-NNNNNNN.partial``, every file fsynced, then renamed into place with
-``os.replace``, so a complete ``step-NNNNNNN`` directory only ever appears whole. A resume removes what a killed
-write leaves (``*.partial``, a directory without ``complete.json``), skips a checkpoint that does not read back
-(missing, truncated or garbled file) with a warning, removing it, and loads the newest one that does.
+The checkpoint format and its atomic writes are in :mod:`tessera.core.checkpoints`.
 """
 
 from __future__ import annotations
@@ -26,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -34,21 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tessera.core import checkpoints
 from tessera.core.batching import batch_order, collate, model_inputs
 from tessera.core.errors import ConfigError
 from tessera.core.run import Run
 
 log = logging.getLogger("tessera")
 
-TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE = (
-    "trainable.safetensors",
-    "optimizer.safetensors",
-    "rng.safetensors",
-    "state.json",
-)
-#: Written last into a checkpoint: the size in bytes of each of its other files.
-COMPLETE_MARKER = "complete.json"
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -287,8 +266,7 @@ class Trainer:
         return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     def _checkpoint(self) -> None:
-        """Write a resumable checkpoint atomically: every file into ``step-N.partial`` and fsynced, the completion
-        marker last, then one rename to ``step-N``."""
+        """Write a resumable checkpoint of the trainer's state, atomically (:func:`tessera.core.checkpoints.write`)."""
         import torch
         from safetensors.torch import save
 
@@ -297,10 +275,7 @@ class Trainer:
         final = self.checkpoint_dir / f"step-{self.global_step:07d}"
         if final.exists():
             return
-        partial = final.with_name(final.name + PARTIAL_SUFFIX)
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        optimizer_tensors, optimizer_rest = _split_optimizer_state(self.optimizer.state_dict())
+        optimizer_tensors, optimizer_rest = checkpoints.split_optimizer_state(self.optimizer.state_dict())
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda.{index}": state for index, state in enumerate(torch.cuda.get_rng_state_all())})
@@ -312,42 +287,33 @@ class Trainer:
             "python_rng": random.getstate(),
             "config": config_fingerprint(self.run.cfg),
         }
-        contents = {
-            TRAINABLE_FILE: save(self._trainable_state()),
-            OPTIMIZER_FILE: save(optimizer_tensors),
-            RNG_FILE: save(rng),
-            STATE_FILE: json.dumps(state).encode(),
-        }
-        for name, data in contents.items():
-            _write_synced(partial / name, data)
-        sizes = {name: len(data) for name, data in contents.items()}
-        _write_synced(partial / COMPLETE_MARKER, json.dumps(sizes).encode())
-        _sync_directory(partial)
-        os.replace(partial, final)
-        _sync_directory(self.checkpoint_dir)
+        checkpoints.write(final, {
+            checkpoints.TRAINABLE_FILE: save(self._trainable_state()),
+            checkpoints.OPTIMIZER_FILE: save(optimizer_tensors),
+            checkpoints.RNG_FILE: save(rng),
+            checkpoints.STATE_FILE: json.dumps(state).encode(),
+        })
         for old in self.checkpoints()[: -max(1, self.cfg.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
 
     def checkpoints(self) -> list[Path]:
         """The complete checkpoints of the run (renamed into place, with their completion marker), oldest first."""
-        if not self.checkpoint_dir.is_dir():
-            return []
-        return sorted(p for p in self.checkpoint_dir.glob("step-*") if _is_complete(p))
+        return checkpoints.complete(self.checkpoint_dir)
 
     def _restore(self) -> None:
         """Load the newest checkpoint that reads back; remove unfinished ones and unreadable ones (with a warning).
         Logs one line saying what the run resumes from, or that it starts from step 0."""
         if self.checkpoint_dir.is_dir():
-            for unfinished in sorted(p for p in self.checkpoint_dir.glob("step-*") if not _is_complete(p)):
+            for unfinished in checkpoints.unfinished(self.checkpoint_dir):
                 log.info("removing the unfinished checkpoint %s", self._shown(unfinished))
                 shutil.rmtree(unfinished, ignore_errors=True)
         found = self.checkpoints()
         for path in reversed(found):
             try:
-                loaded = _read_checkpoint(path)
+                loaded = checkpoints.read(path)
                 self._refuse_another_config(path, loaded["config"])
                 self._check_trainable(loaded["trainable"])
-            except UnreadableCheckpoint as error:
+            except checkpoints.UnreadableCheckpoint as error:
                 log.warning("skipping the unreadable checkpoint %s (%s): removed", self._shown(path), error)
                 shutil.rmtree(path, ignore_errors=True)
                 continue
@@ -386,7 +352,7 @@ class Trainer:
         stored = {name: tuple(value.shape) for name, value in trainable.items()}
         if stored != shapes:
             differing = sorted(name for name in stored.keys() | shapes.keys() if stored.get(name) != shapes.get(name))
-            raise UnreadableCheckpoint(f"its trainable weights do not fit the model ({', '.join(differing[:3])})")
+            raise checkpoints.UnreadableCheckpoint(f"its trainable weights do not fit the model ({', '.join(differing[:3])})")
 
     def _load(self, loaded: dict) -> None:
         import torch
@@ -403,84 +369,3 @@ class Trainer:
         if torch.cuda.is_available() and len(loaded["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(loaded["cuda_rng"])
         random.setstate(loaded["python_rng"])
-
-
-class UnreadableCheckpoint(Exception):
-    """A complete checkpoint whose files are missing, truncated, garbled or do not fit the model."""
-
-
-def _is_complete(path: Path) -> bool:
-    return not path.name.endswith(PARTIAL_SUFFIX) and (path / COMPLETE_MARKER).is_file()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _sync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
-    """An optimizer's ``state_dict`` as (its state tensors keyed ``<parameter index>/<slot>``, the JSON-able rest)."""
-    import torch
-
-    tensors, rest = {}, {}
-    for index, slots in state_dict["state"].items():
-        rest[str(index)] = {}
-        for slot, value in slots.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}/{slot}"] = value.detach().cpu().contiguous()
-            else:
-                rest[str(index)][slot] = value
-    return tensors, {"state": rest, "param_groups": state_dict["param_groups"]}
-
-
-def _join_optimizer_state(tensors: dict, rest: dict) -> dict:
-    """The inverse of :func:`_split_optimizer_state`."""
-    state = {int(index): dict(slots) for index, slots in rest["state"].items()}
-    for key, tensor in tensors.items():
-        index, slot = key.split("/", 1)
-        state[int(index)][slot] = tensor
-    return {"state": state, "param_groups": rest["param_groups"]}
-
-
-def _read_checkpoint(path: Path) -> dict:
-    """The parts of the complete checkpoint ``path`` as the trainer loads them, read without unpickling; raises
-    :class:`UnreadableCheckpoint` when a file is missing, truncated or garbled."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        sizes = json.loads((path / COMPLETE_MARKER).read_bytes())
-        for name in (TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE):
-            actual = (path / name).stat().st_size
-            if actual != sizes[name]:
-                raise UnreadableCheckpoint(f"{name} has {actual} bytes, not {sizes[name]}")
-        state = json.loads((path / STATE_FILE).read_bytes())
-        missing = {"position", "history", "scheduler", "optimizer", "python_rng", "config"} - state.keys()
-        if missing:
-            raise UnreadableCheckpoint(f"{STATE_FILE} lacks {', '.join(sorted(missing))}")
-        position = state["position"]
-        version, internal, gauss_next = state["python_rng"]
-        rng = load((path / RNG_FILE).read_bytes())
-        return {
-            "position": (position["global_step"], position["epoch"], position["batches_done"]),
-            "history": state["history"],
-            "scheduler": state["scheduler"],
-            "config": state["config"],
-            "python_rng": (version, tuple(internal), gauss_next),
-            "torch_rng": rng["torch"],
-            "cuda_rng": [rng[f"cuda.{index}"] for index in range(sum(key.startswith("cuda.") for key in rng))],
-            "trainable": load((path / TRAINABLE_FILE).read_bytes()),
-            "optimizer": _join_optimizer_state(load((path / OPTIMIZER_FILE).read_bytes()), state["optimizer"]),
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
-        raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
