@@ -50,7 +50,7 @@ def search_path_override(plugins: Plugins, overrides: list[str]) -> list[str]:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         entries = [*OverridesParser.create().parse_override(given[-1]).value(), *entries]
-    return [*rest, f"hydra.searchpath=[{','.join(entries)}]"]
+    return [f"hydra.searchpath=[{','.join(entries)}]", *rest]  # first: Hydra's parser takes overrides before flags
 
 
 def compose_config(overrides: list[str], plugins: Plugins):

@@ -153,7 +153,7 @@ class Job:
         """Run one stage in its directory (skipped when ``resume=true`` finds it complete)."""
         cfg = stage.cfg
         if cfg.resume and status(stage.dir).get("status") == "complete":
-            log.info("stage %s is already complete: skipped", stage.name)
+            log.info("%s is already complete: skipped", f"stage {stage.name}" if self.multi_stage else "the run")
             return status(stage.dir)["test"]
         if stage.init != BASE:
             start = self.dir / "stages" / stage.init / "export"
