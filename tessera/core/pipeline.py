@@ -62,6 +62,7 @@ def _status(run: Run, status: str, **extra) -> None:
 
 def execute(run: Run, splits: Splits) -> dict:
     """Run every stage of a prepared run and return its test metrics."""
+    from tessera.core.adapting import apply_adapters
     from tessera.core.evaluate import evaluate_objectives, markdown_report
     from tessera.core.export import export
     from tessera.core.models import load_model, load_tokenizer
@@ -82,8 +83,7 @@ def execute(run: Run, splits: Splits) -> dict:
             items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
             run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
             model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)
-            for adapter in run.composition.selected("adapter"):
-                model = adapter.apply(model, run)
+            model = apply_adapters(model, run.composition.selected("adapter"), run)
             for retriever in run.composition.selected("kg"):
                 model = retriever.attach(model, run)
         with _stage("train", timings):
