@@ -65,6 +65,7 @@ def execute(run: Run, splits: Splits) -> dict:
     from tessera.core.adapting import apply_adapters
     from tessera.core.evaluate import evaluate_objectives, markdown_report
     from tessera.core.export import export
+    from tessera.core.max_length import resolve_max_length
     from tessera.core.models import load_model, load_tokenizer
     from tessera.core.trainer import Trainer, planned_steps
 
@@ -72,6 +73,7 @@ def execute(run: Run, splits: Splits) -> dict:
     _status(run, "running")
     try:
         train, validation, test = splits.train, splits.validation, splits.test
+        resolve_max_length(run, train)  # before the kg stage, whose text injection keeps within it
         with _stage("augment", timings):
             for augmenter in run.composition.selected("augment"):
                 train = augmenter.augment(train, cfg.trainer.seed)
