@@ -15,11 +15,12 @@ SENTENCES = ["A film of rare beauty.", "Dull, long and pointless.", "I loved eve
 
 
 def stacked(order, *overrides):
-    """A tiny BERT with BitFit and the config's adapters applied in ``order`` (``bitfit`` marks BitFit's place),
-    and its run."""
+    """A tiny BERT with adapters applied in ``order`` and its tokenizer: ``bitfit`` is BitFit, another name the
+    config's next adapter, an instance itself."""
     from tessera.core.adapting import apply_adapters
     from tessera.core.models import load_model, load_tokenizer
     from tessera.core.run import Run, compose
+    from tessera.core.techniques import Adapter
 
     prepare_hydra()
     cfg = compose_config(["experiment=smoke", *overrides])
@@ -27,7 +28,10 @@ def stacked(order, *overrides):
     run = Run(composition, REPO)
     run.total_steps = 10
     configured = iter(composition.selected("adapter"))
-    adapters = [BitFit(BitFit.Config()) if name == "bitfit" else next(configured) for name in order]
+    adapters = [
+        entry if isinstance(entry, Adapter) else BitFit(BitFit.Config()) if entry == "bitfit" else next(configured)
+        for entry in order
+    ]
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, composition.task, ["negative", "positive"], tokenizer, 0)
     return apply_adapters(model, adapters, run), tokenizer
@@ -70,3 +74,19 @@ def test_a_freezing_adapter_acts_on_the_union_wherever_it_is_listed(adapters):
 def test_llrd_alone_owns_nothing_and_the_whole_model_trains():
     model, _ = stacked(["llrd"], "adapter=llrd")
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_an_owning_adapter_that_marks_nothing_trainable_is_refused():
+    from tessera.core.errors import PluginError
+
+    class FreezesEmbeddings(BitFit):
+        """Written as if it acted on a trainable model, without owns_parameters = False."""
+
+        def apply(self, model, run):
+            for name, parameter in model.named_parameters():
+                if "embeddings" in name:
+                    parameter.requires_grad = False
+            return model
+
+    with pytest.raises(PluginError, match=r"^adapter=bitfit made no parameter trainable: an adapter sets"):
+        stacked([FreezesEmbeddings(BitFit.Config())], "adapter=none")

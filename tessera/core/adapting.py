@@ -11,6 +11,8 @@ rates. When no selected adapter owns parameters, the union is the whole model (f
 
 from __future__ import annotations
 
+from tessera.core.errors import PluginError
+
 
 def apply_adapters(model, adapters, run):
     """``model`` with ``adapters`` applied by the stacking rule (owners in config order, then the others); returns
@@ -22,6 +24,11 @@ def apply_adapters(model, adapters, run):
             model.requires_grad_(False)
             model = adapter.apply(model, run)
             owned.update((id(p), p) for p in model.parameters() if p.requires_grad)
+        if not owned:
+            raise PluginError(
+                f"{', '.join(adapter.label for adapter in owners)} made no parameter trainable: an adapter sets "
+                "requires_grad=True on what it owns, and one that only freezes sets owns_parameters = False"
+            )
         for parameter in model.parameters():
             parameter.requires_grad = id(parameter) in owned
     for adapter in adapters:
