@@ -115,6 +115,12 @@ def _examples(rows: list[dict], path, fmt: str, text_column: str, label_column: 
     return pairs
 
 
+def read_pairs(path: Path, fmt: str, text_column: str, label_column: str | None) -> list[tuple[str, str | None]]:
+    """``(text, raw label)`` pairs of a ``csv`` or ``jsonl`` file (label ``None`` when ``label_column`` is), columns
+    and texts checked."""
+    return _examples(_read_rows(path, fmt), path, fmt, text_column, label_column)
+
+
 def _encode(pairs: list[tuple[str, str | None]], labels: list[str], path) -> list[Example]:
     if not labels:
         return [{"text": text} for text, _ in pairs]
@@ -169,8 +175,7 @@ def load_splits(data_cfg, labelled: bool = True) -> Splits:
             extra[split] = _encode(_examples(saved[split], where, fmt, text_column, label_column), labels, where)
         elif split_path:
             split_file = resolve_path(split_path)
-            rows = _read_rows(split_file, fmt)
-            extra[split] = _encode(_examples(rows, split_file, fmt, text_column, label_column), labels, split_file)
+            extra[split] = _encode(read_pairs(split_file, fmt, text_column, label_column), labels, split_file)
     n = len(examples)
     n_test = 0 if "test" in extra else round(n * data_cfg.test_fraction)
     n_validation = 0 if "validation" in extra else round(n * data_cfg.validation_fraction)
