@@ -60,6 +60,13 @@ def load_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def trained_max_length(run_dir: Path) -> int:
+    """The ``data.max_length`` a ``tessera train`` run tokenized with, from its saved config."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml").data.max_length
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """One complete ``experiment=smoke`` run (tiny random model, real tokenizer and sentences, LoRA)."""

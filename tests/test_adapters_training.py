@@ -14,8 +14,9 @@ from conftest import load_json, plugins
 from tessera import hookimpl
 from tessera.core.cli import compose_config
 
-#: 64 training sentences in batches of 16 for 2 epochs: 8 optimizer steps.
-RUN = ["experiment=smoke", "data.limit_train=64", "data.limit_eval=32", "trainer.epochs=2"]
+#: 64 training sentences of at most 64 tokens (as `probabilities` cuts them) in batches of 16 for 2 epochs:
+#: 8 optimizer steps.
+RUN = ["experiment=smoke", "data.limit_train=64", "data.limit_eval=32", "trainer.epochs=2", "data.max_length=64"]
 STEPS = 8
 MULTI = "++adapter.multi_lora.adapters={attn: {target_modules: [query, value]}, ffn: {target_modules: [intermediate.dense], r: 4}}"
 

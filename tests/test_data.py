@@ -4,6 +4,7 @@ import json
 
 import pytest
 from omegaconf import OmegaConf
+from conftest import plugins
 
 from tessera.core.config import DataConfig
 from tessera.core.data import load_splits
@@ -84,3 +85,82 @@ def test_malformed_jsonl_names_the_line(tmp_path):
     path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": \n')
     with pytest.raises(DataError, match="line 2 is not valid JSON"):
         load_splits(data_cfg(name="jsonl", format="jsonl", path=str(path)))
+
+
+# --- data.format=hf_disk: a directory written by datasets' save_to_disk ---------------------------------------
+
+
+def review_table(count: int, offset: int = 0):
+    """A ``datasets.Dataset`` of ``count`` reviews with a ``ClassLabel`` sentiment, built offline from a dict."""
+    import datasets
+
+    features = datasets.Features({"review": datasets.Value("string"),
+                                  "sentiment": datasets.ClassLabel(names=["neg", "pos"])})
+    numbers = range(offset, offset + count)
+    return datasets.Dataset.from_dict(
+        {"review": [f"{'great' if i % 2 else 'dull'} film number {i}" for i in numbers],
+         "sentiment": [i % 2 for i in numbers]},
+        features=features,
+    )
+
+
+def hf_cfg(path, **values):
+    columns = {"text_column": "review", "label_column": "sentiment"}
+    return data_cfg(name="saved", format="hf_disk", path=str(path), **{**columns, **values})
+
+
+def test_a_saved_dataset_dict_gives_its_own_splits(tmp_path):
+    import datasets
+
+    datasets.DatasetDict(
+        {"train": review_table(40), "validation": review_table(6, 100), "test": review_table(10, 200)}
+    ).save_to_disk(str(tmp_path / "saved"))
+    splits = load_splits(hf_cfg(tmp_path / "saved"))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (40, 6, 10)
+    assert splits.labels == ["neg", "pos"]
+    assert {e["text"] for e in splits.validation} == {f"{'great' if i % 2 else 'dull'} film number {i}"
+                                                      for i in range(100, 106)}
+    for split in (splits.train, splits.validation, splits.test):
+        assert all(("great" in e["text"]) == (e["label_text"] == "pos" == splits.labels[e["label"]]) for e in split)
+
+
+def test_a_saved_single_dataset_is_split_like_a_csv_file(tmp_path):
+    review_table(40).save_to_disk(str(tmp_path / "saved"))
+    splits = load_splits(hf_cfg(tmp_path / "saved", test_fraction=0.25, validation_fraction=0.1))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (26, 4, 10)
+
+
+@pytest.mark.parametrize(
+    "make, values, message",
+    [
+        (lambda path: path.mkdir(), {}, "is not a directory written by datasets' save_to_disk"),
+        (lambda path: None, {}, "does not exist: set data.path to a directory written by save_to_disk"),
+        (lambda path: review_table(8).save_to_disk(str(path)), {"text_column": "text"},
+         "has no column 'text' (it has review, sentiment): set data.text_column to one of them"),
+        (lambda path: review_table(8).save_to_disk(str(path)), {"test_path": "other.csv"},
+         "data.test_path is for csv and jsonl files: save the test split in the DatasetDict"),
+    ],
+)
+def test_bad_saved_datasets_get_one_clear_line(tmp_path, make, values, message):
+    make(tmp_path / "saved")
+    with pytest.raises(DataError) as caught:
+        load_splits(hf_cfg(tmp_path / "saved", **values))
+    assert message in str(caught.value)
+
+
+def test_a_run_validates_and_trains_on_a_saved_dataset(tmp_path):
+    import datasets
+
+    from tessera.core.cli import compose_config, validate
+    from tessera.core.pipeline import execute, prepare
+
+    datasets.DatasetDict(
+        {"train": review_table(32), "validation": review_table(8, 100), "test": review_table(16, 200)}
+    ).save_to_disk(str(tmp_path / "saved"))
+    overrides = ["experiment=smoke", "data=hf_disk", f"data.path={tmp_path / 'saved'}",
+                 "data.text_column=review", "data.label_column=sentiment"]
+    plugins()
+    validate(overrides, plugins())
+    run, splits = prepare(compose_config(overrides, plugins()), tmp_path / "run", plugins())
+    metrics = execute(run, splits)
+    assert metrics["examples"] == 16 and splits.labels == ["neg", "pos"]

@@ -6,6 +6,7 @@ without a section in ``docs/plugins.md`` (or changing its arguments) fails here.
 """
 
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -156,3 +157,55 @@ def test_a_real_run_fires_the_events_in_the_documented_order(tmp_path):
     assert events.count("tessera_epoch_end") == 2 and events.count("tessera_step_end") == 6
     order = documented_event_order()
     assert order.fullmatch("".join(event + " " for event in events)), events
+
+
+def python_block(markdown: str, heading: str) -> str:
+    """The first ```python block after ``heading`` (a whole Markdown heading line) in ``markdown``."""
+    after = markdown.split(f"\n{heading}\n", 1)[1]
+    return after.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_documented_validate_example_runs_on_real_compositions():
+    import sys
+
+    from tessera.core.cli import compose_config
+    from tessera.core.errors import ConfigError, IncompatibleError
+    from tessera.core.run import compose
+
+    sys.path.insert(0, str(DOCS.parent / "examples" / "tessera-plugin-example"))
+    namespace = {}
+    exec(python_block((DOCS / "plugins.md").read_text(encoding="utf-8"), "### What `validate(composition)` receives"),
+         namespace)
+    bitfit = namespace["CheckedBitFit"](namespace["CheckedBitFit"].Config())
+    plugins()
+
+    def composition(*overrides):
+        return compose(compose_config(["experiment=smoke", *overrides], plugins()), plugins())
+
+    bitfit.validate(composition())
+    with pytest.raises(IncompatibleError) as caught:
+        bitfit.validate(composition("objective=mlm"))
+    assert str(caught.value) == "adapter=bitfit trains a classifier's head, and objective=mlm has none"
+    with pytest.raises(IncompatibleError) as caught:
+        bitfit.validate(composition("adapter=linear_probe"))
+    assert str(caught.value) == (
+        "adapter=bitfit cannot be combined with adapter=linear_probe: it freezes the biases bitfit trains"
+    )
+    with pytest.raises(ConfigError, match=r"^adapter=bitfit needs its head: set adapter.bitfit.head_modules="):
+        namespace["CheckedBitFit"](namespace["CheckedBitFit"].Config(head_modules=[])).validate(composition())
+
+
+def test_the_documented_logger_writes_one_run_per_directory(tmp_path):
+    from conftest import load_json, make_plugin, tessera
+
+    source = python_block(
+        (DOCS / "plugins.md").read_text(encoding="utf-8"),
+        "A logger or monitor needs no technique class at all: implement the events you care about.",
+    )
+    env = {"PYTHONPATH": str(make_plugin(tmp_path / "site", "steps", source))}
+    run_dir = tmp_path / "run"
+    for _ in range(2):
+        result = tessera("train", "experiment=smoke", "data.limit_train=64", f"hydra.run.dir={run_dir}", env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert steps == [step["step"] for step in load_json(run_dir / "metrics.json")["train"]] == [1, 2, 3, 4]

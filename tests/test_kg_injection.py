@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_json, plugins, tessera
+from conftest import load_json, plugins, tessera, trained_max_length
 
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.injection import TextInjector
@@ -185,7 +185,8 @@ def test_composed_run_with_entity_fusion_exports_the_fusion(tmp_path):
 
     model, tokenizer = load_fused(run / "export", plugins())
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:16]
-    batch = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    batch = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=trained_max_length(run),
+                      return_tensors="pt")
     with torch.no_grad():
         probabilities = torch.softmax(model.eval()(**batch).logits, dim=-1).numpy()
     assert np.allclose(probabilities, [r["probabilities"] for r in rows], atol=2e-3)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_json, tessera
+from conftest import load_json, tessera, trained_max_length
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_main_job_reaches_the_accuracy_target_and_its_export_reproduces_it(tmp_p
         tokenizer=AutoTokenizer.from_pretrained(export),
         top_k=None,
         truncation=True,
-        max_length=64,
+        max_length=trained_max_length(run_dir),
     )
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()][:200]
     scored = classifier([row["text"] for row in rows], batch_size=50)

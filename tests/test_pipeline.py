@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_json, tessera
+from conftest import load_json, tessera, trained_max_length
 
 
 def predictions(run_dir):
@@ -12,12 +12,12 @@ def predictions(run_dir):
     return [row["text"] for row in rows], np.array([row["probabilities"] for row in rows])
 
 
-def classify(model, tokenizer, texts):
+def classify(model, tokenizer, texts, max_length):
     import torch
 
     model.eval()
     with torch.inference_mode():
-        batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+        batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         return torch.softmax(model(**batch).logits.float(), dim=-1).double().numpy()
 
 
@@ -47,7 +47,7 @@ def test_export_reloads_with_transformers_and_predicts_what_the_run_predicted(sm
     model = AutoModelForSequenceClassification.from_pretrained(export)
     assert model.config.id2label == {0: "negative", 1: "positive"}
     texts, expected = predictions(smoke_run)
-    got = classify(model, AutoTokenizer.from_pretrained(export), texts)
+    got = classify(model, AutoTokenizer.from_pretrained(export), texts, trained_max_length(smoke_run))
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert (got.argmax(1) == expected.argmax(1)).all()
 
@@ -66,7 +66,7 @@ def test_unmerged_peft_adapter_reproduces_the_predictions(smoke_run):
     base = load_model(cfg.model, "sequence-classification", ["negative", "positive"], tokenizer, cfg.trainer.seed)
     model = PeftModel.from_pretrained(base, adapter)
     texts, expected = predictions(smoke_run)
-    np.testing.assert_allclose(classify(model, tokenizer, texts), expected, atol=1e-5)
+    np.testing.assert_allclose(classify(model, tokenizer, texts, cfg.data.max_length), expected, atol=1e-5)
 
 
 def test_loss_falls_when_training_longer(tmp_path):

@@ -11,7 +11,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import tessera
+from conftest import tessera, trained_max_length
 from test_serve import Served
 
 KEY = "test-key"
@@ -35,8 +35,8 @@ def in_process(export, texts):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(export).eval()
-    batch = AutoTokenizer.from_pretrained(export)(texts, truncation=True, max_length=64, padding=True,
-                                                  return_tensors="pt")
+    batch = AutoTokenizer.from_pretrained(export)(texts, truncation=True, max_length=trained_max_length(export.parent),
+                                                  padding=True, return_tensors="pt")
     with torch.inference_mode():
         return torch.softmax(model(**batch).logits, dim=-1).double().numpy()
 

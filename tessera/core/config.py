@@ -45,7 +45,9 @@ class DataConfig:
     test_fraction: float = 0.2
     #: Seed of the train / validation / test split: fixed, independent of the training seed.
     split_seed: int = 0
-    max_length: int = 64
+    #: Tokens per example (longer texts are truncated), or ``auto``: the 95th percentile of the training texts'
+    #: token lengths, capped at the model's limit (see :mod:`tessera.core.max_length`).
+    max_length: Any = "auto"
     #: Use only the first N examples of each split after shuffling (quick runs); null for all.
     limit_train: Optional[int] = None
     limit_eval: Optional[int] = None

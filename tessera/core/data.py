@@ -1,4 +1,5 @@
-"""Labelled text data: the packaged movie reviews or the user's CSV / JSON Lines files, split and checked.
+"""Labelled text data: the packaged movie reviews, the user's CSV / JSON Lines files or a directory saved by
+``datasets`` (``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``), split and checked.
 
 Every problem with a data file is a :class:`~tessera.core.errors.DataError` that names the file, the row and the fix.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tessera.core.errors import DataError
+from tessera.core.max_length import check_max_length
 
 #: One example: ``{"text": str, "label": int, "label_text": str}`` (``label`` indexes :attr:`Splits.labels`);
 #: unlabelled data has only ``text``.
@@ -52,9 +54,43 @@ def _read_rows(path: Path, fmt: str) -> list[dict]:
         raise DataError(f"{path} is not a readable UTF-8 CSV file ({error}): save it as UTF-8 CSV") from None
 
 
-def _examples(path: Path, fmt: str, text_column: str, label_column: str | None) -> list[tuple[str, str | None]]:
-    """``(text, raw label)`` pairs of a file (label ``None`` when ``label_column`` is), columns and texts checked."""
-    rows = _read_rows(path, fmt)
+#: The data formats: files read row by row, and a directory saved by ``datasets``.
+FORMATS = ("csv", "jsonl", "hf_disk")
+#: The splits of a saved ``DatasetDict`` that a run uses (``train`` is required).
+SAVED_SPLITS = ("train", "validation", "test")
+
+
+def _saved_rows(path: Path, label_column: str | None) -> dict[str, list[dict]]:
+    """``{split: rows}`` of a directory written by ``datasets``' ``save_to_disk``: the splits of a ``DatasetDict``, or
+    ``{"train": rows}`` of a single ``Dataset``; ``ClassLabel`` labels become their names."""
+    import datasets
+
+    if not path.is_dir():
+        raise DataError(f"data directory {path} does not exist: set data.path to a directory written by save_to_disk")
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} is not a directory written by datasets' save_to_disk: save a Dataset or a DatasetDict there"
+        ) from None
+    tables = dict(saved) if isinstance(saved, datasets.DatasetDict) else {"train": saved}
+    if "train" not in tables:
+        raise DataError(f"{path} holds the splits {', '.join(tables)} but no 'train': name the training split train")
+    rows = {}
+    for split in SAVED_SPLITS:
+        if split in tables:
+            feature = tables[split].features.get(label_column) if label_column else None
+            rows[split] = tables[split].to_list()
+            if isinstance(feature, datasets.ClassLabel):
+                for row in rows[split]:
+                    value = row[label_column]
+                    row[label_column] = None if value is None or value < 0 else feature.names[value]
+    return rows
+
+
+def _examples(rows: list[dict], path, fmt: str, text_column: str, label_column: str | None):
+    """``(text, raw label)`` pairs of the ``rows`` read from ``path`` (label ``None`` when ``label_column`` is),
+    columns and texts checked."""
     if not rows:
         raise DataError(f"{path} holds no examples: add rows with a '{text_column}' column")
     columns = list(rows[0])
@@ -68,7 +104,7 @@ def _examples(path: Path, fmt: str, text_column: str, label_column: str | None) 
     for number, row in enumerate(rows, 2 if fmt == "csv" else 1):
         text, label = row.get(text_column), row.get(label_column)
         if text is None or not str(text).strip():
-            where = f"row {number}" if fmt == "csv" else f"object {number}"
+            where = f"object {number}" if fmt == "jsonl" else f"row {number}"
             raise DataError(f"{path} {where} has an empty text: fill it in or remove the row")
         if label_column is None:
             pairs.append((str(text).strip(), None))
@@ -79,7 +115,13 @@ def _examples(path: Path, fmt: str, text_column: str, label_column: str | None) 
     return pairs
 
 
-def _encode(pairs: list[tuple[str, str | None]], labels: list[str], path: Path) -> list[Example]:
+def read_pairs(path: Path, fmt: str, text_column: str, label_column: str | None) -> list[tuple[str, str | None]]:
+    """``(text, raw label)`` pairs of a ``csv`` or ``jsonl`` file (label ``None`` when ``label_column`` is), columns
+    and texts checked."""
+    return _examples(_read_rows(path, fmt), path, fmt, text_column, label_column)
+
+
+def _encode(pairs: list[tuple[str, str | None]], labels: list[str], path) -> list[Example]:
     if not labels:
         return [{"text": text} for text, _ in pairs]
     index = {label: i for i, label in enumerate(labels)}
@@ -106,13 +148,18 @@ def load_splits(data_cfg, labelled: bool = True) -> Splits:
 
     ``labelled=False`` (objectives that need no labels, such as MLM) reads only the text column.
     """
-    if data_cfg.format not in ("csv", "jsonl"):
-        raise DataError(f"unknown data.format '{data_cfg.format}': choose csv or jsonl")
+    check_max_length(data_cfg.max_length)
+    if data_cfg.format not in FORMATS:
+        raise DataError(f"unknown data.format '{data_cfg.format}': choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if not data_cfg.path:
-        raise DataError(f"data={data_cfg.name} needs a file: add data.path=/path/to/your.{data_cfg.format}")
+        wanted = "a directory: add data.path=/path/to/saved_dataset" if data_cfg.format == "hf_disk" else (
+            f"a file: add data.path=/path/to/your.{data_cfg.format}"
+        )
+        raise DataError(f"data={data_cfg.name} needs {wanted}")
     path, fmt, text_column = resolve_path(data_cfg.path), data_cfg.format, data_cfg.text_column
     label_column = data_cfg.label_column if labelled else None
-    pairs = _examples(path, fmt, text_column, label_column)
+    saved = _saved_rows(path, label_column) if fmt == "hf_disk" else {"train": _read_rows(path, fmt)}
+    pairs = _examples(saved["train"], path, fmt, text_column, label_column)
     labels = (list(data_cfg.labels) or sorted({label for _, label in pairs})) if labelled else []
     if labelled and len(labels) < 2:
         raise DataError(f"{path} has a single label {labels}: a classifier needs at least two")
@@ -121,9 +168,14 @@ def load_splits(data_cfg, labelled: bool = True) -> Splits:
     extra = {}
     for split in ("validation", "test"):
         split_path = data_cfg.get(f"{split}_path")
-        if split_path:
+        if split_path and fmt == "hf_disk":
+            raise DataError(f"data.{split}_path is for csv and jsonl files: save the {split} split in the DatasetDict")
+        if split in saved:
+            where = f"{path} ({split} split)"
+            extra[split] = _encode(_examples(saved[split], where, fmt, text_column, label_column), labels, where)
+        elif split_path:
             split_file = resolve_path(split_path)
-            extra[split] = _encode(_examples(split_file, fmt, text_column, label_column), labels, split_file)
+            extra[split] = _encode(read_pairs(split_file, fmt, text_column, label_column), labels, split_file)
     n = len(examples)
     n_test = 0 if "test" in extra else round(n * data_cfg.test_fraction)
     n_validation = 0 if "validation" in extra else round(n * data_cfg.validation_fraction)

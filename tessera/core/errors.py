@@ -14,11 +14,17 @@ class ConfigError(TesseraError):
 
 
 class IncompatibleError(ConfigError):
-    """Two selected techniques (or a technique and the model) cannot be combined."""
+    """Two selected techniques (or a technique and the model) cannot be combined.
 
-    def __init__(self, first: str, second: str, reason: str):
-        self.first, self.second = first, second
-        super().__init__(f"{first} cannot be combined with {second}: {reason}")
+    ``IncompatibleError(first, second, reason)`` names both parts (``adapter=lora cannot be combined with
+    model=tiny: ...``); ``IncompatibleError(message)`` is a message of its own (``first`` and ``second`` are then None).
+    """
+
+    def __init__(self, first: str, second: str | None = None, reason: str | None = None):
+        if (second is None) != (reason is None):
+            raise TypeError("IncompatibleError takes a message, or first, second and reason")
+        self.first, self.second = (first, second) if reason is not None else (None, None)
+        super().__init__(first if reason is None else f"{first} cannot be combined with {second}: {reason}")
 
 
 class DataError(TesseraError):

@@ -77,8 +77,10 @@ def _phase(name: str, timings: dict):
 
 def execute(run: Run, splits: Splits) -> dict:
     """Run every phase of a prepared stage and return its test metrics."""
+    from tessera.core.adapting import apply_adapters
     from tessera.core.evaluate import evaluate_objectives, markdown_report
     from tessera.core.export import export
+    from tessera.core.max_length import resolve_max_length
     from tessera.core.models import load_model, load_tokenizer
     from tessera.core.trainer import Trainer, planned_steps
 
@@ -86,6 +88,7 @@ def execute(run: Run, splits: Splits) -> dict:
     write_status(run.dir, "running", composition=run.composition.describe())
     try:
         train, validation, test = splits.train, splits.validation, splits.test
+        resolve_max_length(run, train)  # before the kg phase, whose text injection keeps within it
         with _phase("augment", timings):
             for augmenter in run.composition.selected("augment"):
                 train = augmenter.augment(train, cfg.trainer.seed)
@@ -97,8 +100,7 @@ def execute(run: Run, splits: Splits) -> dict:
             items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
             run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
             model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)
-            for adapter in run.composition.selected("adapter"):
-                model = adapter.apply(model, run)
+            model = apply_adapters(model, run.composition.selected("adapter"), run)
             for retriever in run.composition.selected("kg"):
                 model = retriever.attach(model, run)
         with _phase("train", timings):

@@ -88,10 +88,14 @@ class Adapter(Technique):
     """Transforms the model before training and undoes the transformation for export."""
 
     family = "adapter"
+    #: Whether the adapter owns parameters: :func:`~tessera.core.adapting.apply_adapters` hands it the model with
+    #: every parameter frozen, and the run trains the union of what the owners mark trainable. False for adapters
+    #: that act on that union afterwards (the freezing adapters, ``llrd``).
+    owns_parameters: bool = True
 
     @abstractmethod
     def apply(self, model, run: Run):
-        """Return the model to train (it may wrap ``model``)."""
+        """Return the model to train (it may wrap ``model``), with the parameters this adapter owns trainable."""
 
     def merge(self, model):
         """Return a plain model with this adapter folded in, for a self-contained export."""

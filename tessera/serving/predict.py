@@ -21,7 +21,7 @@ from tessera.serving.target import ServeError, ServeTarget
 
 def read_texts(path: Path, text_column: str) -> list[str]:
     """The input texts of ``path``: ``.txt`` lines, or the ``text_column`` of a ``.csv`` / ``.jsonl`` file."""
-    from tessera.core.data import _examples
+    from tessera.core.data import read_pairs
 
     suffix = path.suffix.lower()
     if suffix == ".txt":
@@ -29,7 +29,7 @@ def read_texts(path: Path, text_column: str) -> list[str]:
             raise DataError(f"input file {path} does not exist: pass an existing .txt, .csv or .jsonl file")
         texts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     elif suffix in (".csv", ".jsonl"):
-        texts = [text for text, _ in _examples(path, suffix[1:], text_column, None)]
+        texts = [text for text, _ in read_pairs(path, suffix[1:], text_column, None)]
     else:
         raise DataError(f"cannot read {path}: give a .txt (one text per line), .csv or .jsonl file")
     if not texts:

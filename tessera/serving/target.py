@@ -48,11 +48,6 @@ class ServeTarget:
     notes: tuple[str, ...] = ()
 
     @property
-    def model_names(self) -> list[str]:
-        """Every served model name: the model, then its adapters."""
-        return [self.name, *self.adapters]
-
-    @property
     def has_knowledge(self) -> bool:
         """Whether the run selects ``kg`` retrievers, whose enrichment serving must repeat on every input."""
         return bool(self.run_cfg is not None and self.run_cfg.get("kg"))

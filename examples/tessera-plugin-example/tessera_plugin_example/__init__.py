@@ -19,15 +19,15 @@ class BitFitConfig(TechniqueConfig):
 
 
 class BitFit(Adapter):
-    """Freeze every weight except biases and the head; nothing to merge at export."""
+    """Train the biases and the head (tessera freezes what no adapter owns); nothing to merge at export."""
 
     name = "bitfit"
     Config = BitFitConfig
 
     def apply(self, model, run):
         for name, parameter in model.named_parameters():
-            is_head = any(fragment in name for fragment in self.config.head_modules)
-            parameter.requires_grad = is_head or name.endswith(".bias")
+            if name.endswith(".bias") or any(fragment in name for fragment in self.config.head_modules):
+                parameter.requires_grad = True
         return model
 
 

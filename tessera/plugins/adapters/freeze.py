@@ -21,14 +21,13 @@ class FreezeConfig(TechniqueConfig):
 
 
 class Freeze(FreezingAdapter):
-    """Freezes the embeddings and / or the bottom ``layers`` transformer layers: of the base model, or of the PEFT
-    adapter listed before it (``adapter=[lora,freeze]`` trains LoRA in the upper layers only)."""
+    """Freezes the embeddings and / or the bottom ``layers`` transformer layers: of the base model, or of the
+    parameters the other adapters own (``adapter=[lora,freeze]`` trains LoRA in the upper layers only)."""
 
     name = "freeze"
     Config = FreezeConfig
 
     def validate(self, composition):
-        super().validate(composition)
         embeddings, layers = self.config.embeddings, self.config.layers
         if layers < 0 or (not embeddings and layers == 0):
             raise ConfigError(

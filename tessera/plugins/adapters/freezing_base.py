@@ -1,31 +1,20 @@
 """The base of the adapters that stop parameters from training (``freeze``, ``linear_probe``,
-``gradual_unfreeze``): they act on the parameters that are trainable when they are applied."""
+``gradual_unfreeze``): they own no parameters and act on the union of those the other adapters own."""
 
 from __future__ import annotations
 
-from tessera.core.errors import IncompatibleError
 from tessera.core.techniques import Adapter
 
 
 class FreezingAdapter(Adapter):
-    """Freezes some of the parameters that are trainable when it is applied.
+    """Freezes some of the parameters the run would otherwise train.
 
-    A PEFT adapter freezes the whole base model when it wraps it, so a freezing adapter listed before one would be
-    undone; listed after (``adapter=[lora,freeze]``) it freezes among the PEFT adapter's own weights.
+    It owns nothing (:attr:`owns_parameters` is False): :func:`~tessera.core.adapting.apply_adapters` applies it
+    after the adapters that own parameters, wherever it is listed, so ``adapter=[freeze,lora]`` and
+    ``adapter=[lora,freeze]`` both freeze among LoRA's weights and the head; alone, it freezes among the whole model.
     """
 
-    def validate(self, composition):
-        from tessera.plugins.adapters.peft_base import PeftAdapter
-
-        adapters = composition.selected("adapter")
-        for later in adapters[adapters.index(self) + 1 :]:
-            if isinstance(later, PeftAdapter):
-                raise IncompatibleError(
-                    self.label,
-                    later.label,
-                    f"{later.name} freezes the whole base model when it is applied, which undoes {self.name}: "
-                    f"list {self.name} after it (adapter=[{later.name},{self.name}]) to act on its adapter weights",
-                )
+    owns_parameters = False
 
     @staticmethod
     def trainable(model) -> dict:

@@ -23,8 +23,8 @@ class GradualUnfreezeConfig(TechniqueConfig):
 
 class GradualUnfreeze(FreezingAdapter):
     """Training starts with the top alone (the head and everything above the layers); every ``interval`` steps the
-    next layer down joins, the embeddings last. It acts on the parameters trainable when it is applied (after a
-    PEFT adapter: on its adapter weights).
+    next layer down joins, the embeddings last. It acts on the parameters the other adapters own (with a PEFT
+    adapter: on its adapter weights and the head), or on the whole model alone.
 
     It hears two events of its run: ``tessera_run_start`` freezes what the schedule holds back (the optimizer was
     built with every parameter, so unfrozen ones train from then on), ``tessera_step_end`` unfreezes on schedule.
@@ -34,7 +34,6 @@ class GradualUnfreeze(FreezingAdapter):
     Config = GradualUnfreezeConfig
 
     def validate(self, composition):
-        super().validate(composition)
         if self.config.interval is not None and self.config.interval < 1:
             raise ConfigError(f"adapter.gradual_unfreeze.interval={self.config.interval} must be at least 1 step")
         require_layers(self, composition)

@@ -27,7 +27,6 @@ class LinearProbe(FreezingAdapter):
     def validate(self, composition):
         from tessera.core.models import module_names
 
-        super().validate(composition)
         names = module_names(composition.cfg.model, composition.task)
         if not any(is_within(name, self.config.head_modules) for name in names):
             tops = sorted({name.partition(".")[0] for name in names if name})

@@ -20,10 +20,11 @@ class LayerwiseDecayConfig(TechniqueConfig):
 
 class LayerwiseDecay(Adapter):
     """Scales each parameter's learning rate by ``decay ** (distance from the top)``; changes nothing in the
-    model. Stacks with any adapter (``adapter=[lora,llrd]`` decays the LoRA weights' rates)."""
+    model and owns no parameters. Stacks with any adapter (``adapter=[lora,llrd]`` decays the LoRA weights' rates)."""
 
     name = "llrd"
     Config = LayerwiseDecayConfig
+    owns_parameters = False
 
     def validate(self, composition):
         if not 0 < self.config.decay <= 1:
