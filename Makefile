@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMPS := .stamps
 OFFLINE := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup assets run test bench clean
+.PHONY: setup assets run test lint bench clean
 
 setup: $(STAMPS)/system $(STAMPS)/venv assets
 
@@ -36,6 +36,11 @@ run: setup
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest
+
+# Style: ruff's lint rules and formatting (configured in pyproject.toml).
+lint: $(STAMPS)/venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(OFFLINE) $(BIN)/python bench/train_throughput.py

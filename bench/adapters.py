@@ -45,10 +45,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 #: The learning rate of each technique: full fine-tuning's usual rate for MiniLM here (FACTS: 0.80 after 1 epoch),
 #: tessera's default for the LoRA family, higher for the methods with very few weights.
 LEARNING_RATES = {"none": 5e-5, "lora": 1e-3, "adalora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "linear_probe": 5e-3}
-MINILM = ["model=minilm", "trainer.epochs=1", "trainer.batch_size=32", "data.max_length=64", "trainer.seed=42",
-          "trainer.checkpoint_every=0"]
-SMOLLM2 = ["model=smollm2", "trainer.max_steps=40", "trainer.batch_size=8", "data.max_length=64",
-           "data.limit_eval=64", "trainer.seed=42", "trainer.checkpoint_every=0"]
+MINILM = [
+    "model=minilm",
+    "trainer.epochs=1",
+    "trainer.batch_size=32",
+    "data.max_length=64",
+    "trainer.seed=42",
+    "trainer.checkpoint_every=0",
+]
+SMOLLM2 = [
+    "model=smollm2",
+    "trainer.max_steps=40",
+    "trainer.batch_size=8",
+    "data.max_length=64",
+    "data.limit_eval=64",
+    "trainer.seed=42",
+    "trainer.checkpoint_every=0",
+]
 SMOLLM2_RATES = {"none": 2e-5, "lora": 1e-3}
 #: Steps left out of the throughput median (allocator and autocast warm-up).
 WARMUP_STEPS = 3
@@ -122,7 +135,8 @@ def measure(name: str, overrides: list[str]) -> dict:
         with log.open("w") as sink:
             process = subprocess.Popen(
                 [sys.executable, __file__, "--child", json.dumps(overrides), "--out", str(out)],
-                stdout=sink, stderr=subprocess.STDOUT,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
             )
             _, status, usage = os.wait4(process.pid, 0)
         if status != 0 or not out.is_file():

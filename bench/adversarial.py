@@ -62,17 +62,33 @@ def main() -> None:
     def task(seed: int, name: str):
         def run():
             run_dir = root / f"{name}-seed{seed}"
-            metrics = train(run_dir, [
-                "model=minilm", "adapter=lora", "data=movie_reviews", f"data.limit_train={args.train_sentences}",
-                f"data.limit_eval={args.test_sentences}", f"data.max_length={args.max_length}",
-                f"trainer.batch_size={args.batch_size}", "trainer.epochs=1000", f"trainer.max_steps={args.steps}",
-                f"trainer.learning_rate={args.learning_rate}", f"trainer.seed={seed}", "trainer.checkpoint_every=0",
-                *conditions[name],
-            ])
+            metrics = train(
+                run_dir,
+                [
+                    "model=minilm",
+                    "adapter=lora",
+                    "data=movie_reviews",
+                    f"data.limit_train={args.train_sentences}",
+                    f"data.limit_eval={args.test_sentences}",
+                    f"data.max_length={args.max_length}",
+                    f"trainer.batch_size={args.batch_size}",
+                    "trainer.epochs=1000",
+                    f"trainer.max_steps={args.steps}",
+                    f"trainer.learning_rate={args.learning_rate}",
+                    f"trainer.seed={seed}",
+                    "trainer.checkpoint_every=0",
+                    *conditions[name],
+                ],
+            )
             report_file = run_dir / "attack" / "synonym" / "report.json"
             if not report_file.is_file():
-                tessera("eval", str(run_dir), "attack=synonym", f"examples={args.attack_examples}",
-                        f"query_budget={args.query_budget}")
+                tessera(
+                    "eval",
+                    str(run_dir),
+                    "attack=synonym",
+                    f"examples={args.attack_examples}",
+                    f"query_budget={args.query_budget}",
+                )
             report = json.loads(report_file.read_text())
             log(f"{name}-seed{seed}: under attack {report['accuracy_under_attack']:.3f}")
             return metrics, report
@@ -98,19 +114,37 @@ def main() -> None:
         }
         for name, values in found.items()
     }
-    print(json.dumps({
-        "benchmark": "adversarial",
-        "setup": {"model": "minilm + lora (r=16, all-linear)", "train_sentences": args.train_sentences,
-                  "test_sentences": args.test_sentences, "optimizer_steps": args.steps,
-                  "batch_size": args.batch_size, "max_length": args.max_length, "seeds": args.seeds, "threads": args.threads,
-                  "jobs": args.jobs, "learning_rate": args.learning_rate,
-                  "attack": {"kind": "synonym", "examples": args.attack_examples, "query_budget": args.query_budget,
-                             "similarity": "minilm >= 0.8", "max_perturbed": 0.25},
-                  "conditions": conditions},
-        "results": results,
-        "total_seconds": time.perf_counter() - started,
-        "machine": machine(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "adversarial",
+                "setup": {
+                    "model": "minilm + lora (r=16, all-linear)",
+                    "train_sentences": args.train_sentences,
+                    "test_sentences": args.test_sentences,
+                    "optimizer_steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "max_length": args.max_length,
+                    "seeds": args.seeds,
+                    "threads": args.threads,
+                    "jobs": args.jobs,
+                    "learning_rate": args.learning_rate,
+                    "attack": {
+                        "kind": "synonym",
+                        "examples": args.attack_examples,
+                        "query_budget": args.query_budget,
+                        "similarity": "minilm >= 0.8",
+                        "max_perturbed": 0.25,
+                    },
+                    "conditions": conditions,
+                },
+                "results": results,
+                "total_seconds": time.perf_counter() - started,
+                "machine": machine(),
+            },
+            indent=2,
+        )
+    )
     log(f"run directories in {root}")
 
 

@@ -23,8 +23,14 @@ from augment_runner import log, machine, mean_std, run_all, set_threads, train
 
 CONDITIONS = {
     "none": ["augment=none"],
-    "eda": ["augment=eda", "augment.eda.copies=16", "augment.eda.alpha_sr=0.05", "augment.eda.alpha_ri=0.05",
-            "augment.eda.alpha_rs=0.05", "augment.eda.p_rd=0.05"],
+    "eda": [
+        "augment=eda",
+        "augment.eda.copies=16",
+        "augment.eda.alpha_sr=0.05",
+        "augment.eda.alpha_ri=0.05",
+        "augment.eda.alpha_rs=0.05",
+        "augment.eda.p_rd=0.05",
+    ],
     "backtranslate": ["augment=backtranslate", "augment.backtranslate.translator=apertium"],
     "kg_substitute": ["augment=kg_substitute", "augment.kg_substitute.copies=4"],
 }
@@ -33,10 +39,18 @@ CONDITIONS = {
 def base_overrides(args, seed: int) -> list[str]:
     """The composition shared by every condition."""
     return [
-        "model=minilm", "adapter=lora", "data=movie_reviews", "data.limit_train=500",
-        f"data.limit_eval={args.test_sentences}", f"data.max_length={args.max_length}",
-        f"trainer.batch_size={args.batch_size}", "trainer.epochs=1000", f"trainer.max_steps={args.steps}",
-        f"trainer.learning_rate={args.learning_rate}", f"trainer.seed={seed}", "trainer.checkpoint_every=0",
+        "model=minilm",
+        "adapter=lora",
+        "data=movie_reviews",
+        "data.limit_train=500",
+        f"data.limit_eval={args.test_sentences}",
+        f"data.max_length={args.max_length}",
+        f"trainer.batch_size={args.batch_size}",
+        "trainer.epochs=1000",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.learning_rate={args.learning_rate}",
+        f"trainer.seed={seed}",
+        "trainer.checkpoint_every=0",
     ]
 
 
@@ -69,7 +83,7 @@ def main() -> None:
 
     outcomes = run_all([task(seed, name) for seed, name in plan], args.jobs)
     found: dict[str, dict[str, list]] = {name: {"accuracy": [], "examples": [], "seconds": []} for name in CONDITIONS}
-    for (seed, name), (accuracy, examples, seconds) in zip(plan, outcomes):
+    for (_, name), (accuracy, examples, seconds) in zip(plan, outcomes):
         found[name]["accuracy"].append(accuracy)
         found[name]["examples"].append(examples)
         found[name]["seconds"].append(seconds)
@@ -83,17 +97,30 @@ def main() -> None:
         }
         for name, values in found.items()
     }
-    print(json.dumps({
-        "benchmark": "augment_lowdata",
-        "setup": {"model": "minilm + lora (r=16, all-linear)", "train_sentences": 500,
-                  "test_sentences": args.test_sentences, "optimizer_steps": args.steps,
-                  "batch_size": args.batch_size, "max_length": args.max_length, "seeds": args.seeds, "threads": args.threads,
-                  "jobs": args.jobs, "learning_rate": args.learning_rate,
-                  "conditions": {name: overrides for name, overrides in CONDITIONS.items()}},
-        "results": results,
-        "total_seconds": time.perf_counter() - started,
-        "machine": machine(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "augment_lowdata",
+                "setup": {
+                    "model": "minilm + lora (r=16, all-linear)",
+                    "train_sentences": 500,
+                    "test_sentences": args.test_sentences,
+                    "optimizer_steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "max_length": args.max_length,
+                    "seeds": args.seeds,
+                    "threads": args.threads,
+                    "jobs": args.jobs,
+                    "learning_rate": args.learning_rate,
+                    "conditions": {name: overrides for name, overrides in CONDITIONS.items()},
+                },
+                "results": results,
+                "total_seconds": time.perf_counter() - started,
+                "machine": machine(),
+            },
+            indent=2,
+        )
+    )
     log(f"run directories in {root}")
 
 

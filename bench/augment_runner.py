@@ -25,8 +25,7 @@ def set_threads(count: int) -> None:
 
 def tessera(*args: str) -> None:
     """Run ``python -m tessera ARGS`` from this checkout; raise with the error's last lines if it fails."""
-    done = subprocess.run([sys.executable, "-m", "tessera", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-m", "tessera", *args], cwd=REPO, env=ENV, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"tessera {' '.join(args)} failed:\n{done.stderr[-3000:]}")
 
@@ -70,5 +69,9 @@ def mean_std(values: list[float]) -> dict:
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "load_average_at_end": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_end": os.getloadavg(),
+    }

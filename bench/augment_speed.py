@@ -133,7 +133,12 @@ def start(name: str, count: int, python_path: str | None, nltk_data: str | None)
         env["NLTK_DATA"] = nltk_data
     process = subprocess.Popen(
         [sys.executable, __file__, "--worker", name, "--sentences", str(count)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
     )
     line = process.stdout.readline()
     if not line.startswith('{"ready"'):
@@ -183,16 +188,28 @@ def main() -> None:
             "sample": passes[0]["sample"],
         }
     tessera = results.get("tessera", {}).get("sentences_per_second")
-    print(json.dumps({
-        "benchmark": "augment_speed",
-        "setup": {"sentences": args.sentences, "passes": args.passes, "copies_per_sentence": COPIES, "rate": RATE},
-        "results": results,
-        "speedup_of_tessera": {
-            name: tessera / r["sentences_per_second"] for name, r in results.items() if name != "tessera" and tessera
-        },
-        "not_run": missing,
-        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "augment_speed",
+                "setup": {
+                    "sentences": args.sentences,
+                    "passes": args.passes,
+                    "copies_per_sentence": COPIES,
+                    "rate": RATE,
+                },
+                "results": results,
+                "speedup_of_tessera": {
+                    name: tessera / r["sentences_per_second"]
+                    for name, r in results.items()
+                    if name != "tessera" and tessera
+                },
+                "not_run": missing,
+                "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

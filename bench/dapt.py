@@ -26,7 +26,9 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     """``tessera train OVERRIDES`` into ``run_dir`` (resumed when it is there); its test metrics per stage."""
     subprocess.run(
         [sys.executable, "-m", "tessera", "train", *overrides, f"hydra.run.dir={run_dir}", "resume=true"],
-        check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return metrics["stages"] if "stages" in metrics else metrics["test"]
@@ -37,21 +39,27 @@ def run_seed(seed: int, epochs: int, out: Path, pretrained: Path | None) -> dict
     common = [f"trainer.seed={seed}", f"trainer.epochs={epochs}"]
     if pretrained is None:
         return train(out / f"seed-{seed}", ["experiment=dapt", *common])
-    return {"finetune": train(out / f"seed-{seed}" / "finetune", [*common, f"model.pretrained={pretrained}"]),
-            "baseline": train(out / f"seed-{seed}" / "baseline", common)}
+    return {
+        "finetune": train(out / f"seed-{seed}" / "finetune", [*common, f"model.pretrained={pretrained}"]),
+        "baseline": train(out / f"seed-{seed}" / "baseline", common),
+    }
 
 
 def summary(values: list[float]) -> dict:
     """Mean and (sample) standard deviation."""
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=1,
-                        help="epochs of every stage (one epoch of MLM on the full reviews: 236 steps)")
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="epochs of every stage (one epoch of MLM on the full reviews: 236 steps)"
+    )
     parser.add_argument("--out", type=Path, default=Path("/tmp/tessera-dapt"))
     parser.add_argument("--pretrain-each", action="store_true", help="an MLM stage for every seed")
     args = parser.parse_args()
@@ -61,17 +69,23 @@ def main() -> None:
     results |= {seed: run_seed(seed, args.epochs, args.out, shared) for seed in args.seeds[1:]}
     with_dapt = [results[s]["finetune"]["accuracy"] for s in args.seeds]
     without = [results[s]["baseline"]["accuracy"] for s in args.seeds]
-    print(json.dumps({
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "seeds": args.seeds,
-        "finetune_epochs": args.epochs,
-        "accuracy_with_dapt": summary(with_dapt),
-        "accuracy_without_dapt": summary(without),
-        "mean_gain": statistics.mean(w - b for w, b in zip(with_dapt, without)),
-        "mlm_stages": "one per seed" if args.pretrain_each else f"one (seed {first}), shared by every seed",
-        "dapt_masked_accuracy": summary([found["dapt"]["masked_accuracy"] for found in results.values()
-                                         if "dapt" in found]),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "seeds": args.seeds,
+                "finetune_epochs": args.epochs,
+                "accuracy_with_dapt": summary(with_dapt),
+                "accuracy_without_dapt": summary(without),
+                "mean_gain": statistics.mean(w - b for w, b in zip(with_dapt, without)),
+                "mlm_stages": "one per seed" if args.pretrain_each else f"one (seed {first}), shared by every seed",
+                "dapt_masked_accuracy": summary(
+                    [found["dapt"]["masked_accuracy"] for found in results.values() if "dapt" in found]
+                ),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

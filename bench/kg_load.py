@@ -90,12 +90,17 @@ def main() -> None:
                 "cache_mb": size_mb(cache),
                 **({"file_mb": size_mb(source_file)} if source_file else {}),
             }
-    print(json.dumps({
-        "benchmark": "kg_load",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "what": "parse from the source vs reload of tessera's binary cache (same graph)",
-        **results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kg_load",
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                "what": "parse from the source vs reload of tessera's binary cache (same graph)",
+                **results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

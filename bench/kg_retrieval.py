@@ -47,8 +47,11 @@ def log(message: str) -> None:
 
 def percentiles(samples: list[float]) -> dict:
     array = np.array(samples) * 1e3
-    return {"p50_ms": round(float(np.percentile(array, 50)), 4), "p99_ms": round(float(np.percentile(array, 99)), 4),
-            "mean_ms": round(float(array.mean()), 4)}
+    return {
+        "p50_ms": round(float(np.percentile(array, 50)), 4),
+        "p99_ms": round(float(np.percentile(array, 99)), 4),
+        "mean_ms": round(float(array.mean()), 4),
+    }
 
 
 def main() -> None:
@@ -61,8 +64,8 @@ def main() -> None:
     from rdflib.plugins.sparql import prepareQuery
 
     from tessera.core.assets import asset_path
-    from tessera.graphs.linking import EntityLinker
     from tessera.core.plugins import discover
+    from tessera.graphs.linking import EntityLinker
     from tessera.graphs.loaders import load_graph
     from tessera.graphs.rdf import _term, to_rdflib
     from tessera.graphs.retrieval import Retriever
@@ -112,7 +115,7 @@ def main() -> None:
     mismatches, sizes = 0, []
     for index, (_, seeds) in enumerate(queries):
         names = list(contenders)
-        names = names[index % 3:] + names[: index % 3]
+        names = names[index % 3 :] + names[: index % 3]
         answers = {}
         for name in names:
             began, began_cpu = time.perf_counter(), time.thread_time()
@@ -133,22 +136,38 @@ def main() -> None:
 
     results = {name: percentiles(samples) for name, samples in times.items()}
     cpu_results = {name: percentiles(samples) for name, samples in cpu_times.items()}
-    print(json.dumps({
-        "benchmark": "kg_retrieval",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "graph": {"entities": graph.num_entities, "triples": graph.num_triples, "rdflib_triples": len(rdf_graph)},
-        "queries": len(queries),
-        "seeds_per_query": round(float(np.mean([len(s) for _, s in queries])), 2),
-        "nodes_per_answer": {"mean": round(float(np.mean(sizes)), 1), "max": int(np.max(sizes))},
-        "answers_differ": mismatches,
-        "latency_wall": results,
-        "latency_cpu": cpu_results,
-        **{f"speedup_vs_{peer}": {
-            f"{kind}_{q}": round(table[peer][f"{q}_ms"] / max(table["tessera"][f"{q}_ms"], 1e-6), 1)
-            for kind, table in (("wall", results), ("cpu", cpu_results)) for q in ("p50", "p99")
-        } for peer in ("sparql", "networkx")},
-        "full_retrieval": {**percentiles(full), "what": "link + 2 hops + personalized PageRank + 20-fact budget"},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kg_retrieval",
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                "graph": {
+                    "entities": graph.num_entities,
+                    "triples": graph.num_triples,
+                    "rdflib_triples": len(rdf_graph),
+                },
+                "queries": len(queries),
+                "seeds_per_query": round(float(np.mean([len(s) for _, s in queries])), 2),
+                "nodes_per_answer": {"mean": round(float(np.mean(sizes)), 1), "max": int(np.max(sizes))},
+                "answers_differ": mismatches,
+                "latency_wall": results,
+                "latency_cpu": cpu_results,
+                **{
+                    f"speedup_vs_{peer}": {
+                        f"{kind}_{q}": round(table[peer][f"{q}_ms"] / max(table["tessera"][f"{q}_ms"], 1e-6), 1)
+                        for kind, table in (("wall", results), ("cpu", cpu_results))
+                        for q in ("p50", "p99")
+                    }
+                    for peer in ("sparql", "networkx")
+                },
+                "full_retrieval": {
+                    **percentiles(full),
+                    "what": "link + 2 hops + personalized PageRank + 20-fact budget",
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,15 @@ def main() -> None:
     results = {}
     for setting in args.settings:
         run_dir = runs_dir / setting
-        command = [sys.executable, "-m", "tessera", "train", f"kg={setting}", f"hydra.run.dir={run_dir}",
-                   *args.overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "tessera",
+            "train",
+            f"kg={setting}",
+            f"hydra.run.dir={run_dir}",
+            *args.overrides,
+        ]
         print(f"{setting}: {' '.join(command[2:])}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         finished = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
@@ -57,17 +64,23 @@ def main() -> None:
         }
         print(f"{setting}: {results[setting]}", file=sys.stderr, flush=True)
     baseline = results.get("none", {}).get("accuracy")
-    print(json.dumps({
-        "benchmark": "kg_sentiment",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "composition": "model=minilm adapter=lora data=movie_reviews (3 epochs, defaults) + kg=<setting>",
-        "overrides": args.overrides,
-        "results": results,
-        "accuracy_change_vs_none": {
-            name: round(result["accuracy"] - baseline, 4)
-            for name, result in results.items() if baseline is not None and "accuracy" in result and name != "none"
-        },
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kg_sentiment",
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                "composition": "model=minilm adapter=lora data=movie_reviews (3 epochs, defaults) + kg=<setting>",
+                "overrides": args.overrides,
+                "results": results,
+                "accuracy_change_vs_none": {
+                    name: round(result["accuracy"] - baseline, 4)
+                    for name, result in results.items()
+                    if baseline is not None and "accuracy" in result and name != "none"
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

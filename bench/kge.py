@@ -60,12 +60,26 @@ def run_tessera(dataset: str, model: str, args) -> dict:
     from tessera.graphs.embeddings import KGEConfig, train_embeddings
     from tessera.graphs.loaders import load_graph
 
-    config = KGEConfig(model=model, dim=args.dim, epochs=args.epochs, batch_size=args.batch_size,
-                       learning_rate=args.lr, negatives=args.negatives, loss="margin", margin=1.0, seed=0, threads=1)
+    config = KGEConfig(
+        model=model,
+        dim=args.dim,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        negatives=args.negatives,
+        loss="margin",
+        margin=1.0,
+        seed=0,
+        threads=1,
+    )
     trained = train_embeddings(load_graph(f"pykeen:{dataset}", discover()), config)
     both = trained.metrics["both"]
-    return {"mrr": round(both["mrr"], 4), "hits_at_10": round(both["hits_at_10"], 4), "mr": round(both["mr"], 3),
-            "train_seconds": round(trained.seconds, 2)}
+    return {
+        "mrr": round(both["mrr"], 4),
+        "hits_at_10": round(both["hits_at_10"], 4),
+        "mr": round(both["mr"], 3),
+        "train_seconds": round(trained.seconds, 2),
+    }
 
 
 def run_pykeen(dataset: str, model: str, args) -> dict:
@@ -77,25 +91,40 @@ def run_pykeen(dataset: str, model: str, args) -> dict:
 
     directory = asset_path("pykeen") / dataset
     training = TriplesFactory.from_path(directory / "train.txt")
-    splits = {split: TriplesFactory.from_path(directory / f"{split}.txt", entity_to_id=training.entity_to_id,
-                                              relation_to_id=training.relation_to_id) for split in ("valid", "test")}
+    splits = {
+        split: TriplesFactory.from_path(
+            directory / f"{split}.txt", entity_to_id=training.entity_to_id, relation_to_id=training.relation_to_id
+        )
+        for split in ("valid", "test")
+    }
     torch.set_num_threads(1)
     result = pipeline(
-        training=training, validation=splits["valid"], testing=splits["test"],
-        model=MODELS[model], model_kwargs=dict(embedding_dim=args.dim),
-        optimizer="Adam", optimizer_kwargs=dict(lr=args.lr),
-        loss="marginranking", loss_kwargs=dict(margin=1.0),
-        negative_sampler="basic", negative_sampler_kwargs=dict(num_negs_per_pos=args.negatives),
+        training=training,
+        validation=splits["valid"],
+        testing=splits["test"],
+        model=MODELS[model],
+        model_kwargs=dict(embedding_dim=args.dim),
+        optimizer="Adam",
+        optimizer_kwargs=dict(lr=args.lr),
+        loss="marginranking",
+        loss_kwargs=dict(margin=1.0),
+        negative_sampler="basic",
+        negative_sampler_kwargs=dict(num_negs_per_pos=args.negatives),
         training_loop_kwargs=dict(automatic_memory_optimization=False),
         training_kwargs=dict(num_epochs=args.epochs, batch_size=args.batch_size, pin_memory=False),
         evaluation_kwargs=dict(batch_size=256),
-        random_seed=0, device="cpu", use_tqdm=False,
+        random_seed=0,
+        device="cpu",
+        use_tqdm=False,
     )
     metric = result.metric_results.get_metric
-    return {"mrr": round(metric("both.realistic.inverse_harmonic_mean_rank"), 4),
-            "hits_at_10": round(metric("both.realistic.hits_at_10"), 4),
-            "mr": round(metric("both.realistic.arithmetic_mean_rank"), 3),
-            "train_seconds": round(result.train_seconds, 2), "evaluate_seconds": round(result.evaluate_seconds, 2)}
+    return {
+        "mrr": round(metric("both.realistic.inverse_harmonic_mean_rank"), 4),
+        "hits_at_10": round(metric("both.realistic.hits_at_10"), 4),
+        "mr": round(metric("both.realistic.arithmetic_mean_rank"), 3),
+        "train_seconds": round(result.train_seconds, 2),
+        "evaluate_seconds": round(result.evaluate_seconds, 2),
+    }
 
 
 def main() -> None:
@@ -119,30 +148,46 @@ def main() -> None:
         for model in MODELS:
             runners = [("tessera", run_tessera), ("pykeen", run_pykeen)]
             outcome = {}
-            for name, runner in (runners if index % 2 == 0 else runners[::-1]):
+            for name, runner in runners if index % 2 == 0 else runners[::-1]:
                 gc.collect()
                 gc.freeze()
                 started = time.perf_counter()
                 outcome[name] = runner(dataset, model, args)
                 log(f"{dataset} {model} {name}: {outcome[name]} ({time.perf_counter() - started:.0f} s wall)")
             index += 1
-            pairs.append({
-                "dataset": dataset, "model": model, **outcome,
-                "mrr_ratio": round(outcome["tessera"]["mrr"] / outcome["pykeen"]["mrr"], 3),
-                "time_ratio": round(outcome["tessera"]["train_seconds"] / outcome["pykeen"]["train_seconds"], 3),
-            })
-    print(json.dumps({
-        "benchmark": "kge",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, 1 torch thread",
-        "settings": {"dim": args.dim, "epochs": args.epochs, "batch_size": args.batch_size,
-                     "negatives": args.negatives, "lr": args.lr, "loss": "margin ranking, margin 1",
-                     "optimizer": "Adam", "pykeen": pykeen.get_version(),
-                     "pykeen_tuning": "gc.freeze() before each run, automatic_memory_optimization=False, "
-                                     "pin_memory=False, evaluation batch 256, 1 torch thread"},
-        "pairs": pairs,
-        "tessera_mrr_at_least_pykeen": all(p["mrr_ratio"] >= 1 for p in pairs),
-        "tessera_time_at_most_pykeen": all(p["time_ratio"] <= 1 for p in pairs),
-    }, indent=2))
+            pairs.append(
+                {
+                    "dataset": dataset,
+                    "model": model,
+                    **outcome,
+                    "mrr_ratio": round(outcome["tessera"]["mrr"] / outcome["pykeen"]["mrr"], 3),
+                    "time_ratio": round(outcome["tessera"]["train_seconds"] / outcome["pykeen"]["train_seconds"], 3),
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "benchmark": "kge",
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, 1 torch thread",
+                "settings": {
+                    "dim": args.dim,
+                    "epochs": args.epochs,
+                    "batch_size": args.batch_size,
+                    "negatives": args.negatives,
+                    "lr": args.lr,
+                    "loss": "margin ranking, margin 1",
+                    "optimizer": "Adam",
+                    "pykeen": pykeen.get_version(),
+                    "pykeen_tuning": "gc.freeze() before each run, automatic_memory_optimization=False, "
+                    "pin_memory=False, evaluation batch 256, 1 torch thread",
+                },
+                "pairs": pairs,
+                "tessera_mrr_at_least_pykeen": all(p["mrr_ratio"] >= 1 for p in pairs),
+                "tessera_time_at_most_pykeen": all(p["time_ratio"] <= 1 for p in pairs),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

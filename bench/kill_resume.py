@@ -54,15 +54,23 @@ EXPORT_SECONDS = 0.2
 
 def settings(epochs: int, limit_train: int) -> list[str]:
     """The overrides of every run of the benchmark."""
-    return ["experiment=smoke", f"data.limit_train={limit_train}", f"trainer.epochs={epochs}",
-            f"trainer.checkpoint_every={CHECKPOINT_EVERY}"]
+    return [
+        "experiment=smoke",
+        f"data.limit_train={limit_train}",
+        f"trainer.epochs={epochs}",
+        f"trainer.checkpoint_every={CHECKPOINT_EVERY}",
+    ]
 
 
 def start(overrides: list[str], run_dir: Path, log_name: str, *extra: str) -> tuple[subprocess.Popen, object]:
     """Start ``tessera train`` in ``run_dir``, its output going to ``<run_dir>.<log_name>.log``."""
     log = open(run_dir.parent / f"{run_dir.name}.{log_name}.log", "w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     command = [sys.executable, "-m", "tessera", "train", *overrides, f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log
 
@@ -142,15 +150,23 @@ def wait_for(process: subprocess.Popen, ready, poll: float = 0.002) -> bool:
 
 def kill_after(process: subprocess.Popen, delay: float) -> bool:
     """SIGKILL ``process`` in ``delay`` seconds; False when it exits first."""
-    if wait_for(process, lambda deadline=time.perf_counter() + delay: time.perf_counter() >= deadline, 0.0005):
+    deadline = time.perf_counter() + delay
+    if wait_for(process, lambda: time.perf_counter() >= deadline, 0.0005):
         process.send_signal(signal.SIGKILL)
         process.wait()
         return True
     return False
 
 
-def kill_once(aim: str, overrides: list[str], run_dir: Path, reference: dict, final_checkpoint: str,
-              writes: int, rng: random.Random) -> tuple[bool, str]:
+def kill_once(
+    aim: str,
+    overrides: list[str],
+    run_dir: Path,
+    reference: dict,
+    final_checkpoint: str,
+    writes: int,
+    rng: random.Random,
+) -> tuple[bool, str]:
     """Start a run and kill it in the phase ``aim``; return (whether it was killed, the phase it died in)."""
     timeline = reference["timeline"]
     checkpoints_dir = run_dir / "checkpoints"
@@ -205,8 +221,14 @@ def resume(overrides: list[str], run_dir: Path) -> tuple[int, int, str]:
         if process.returncode == 0:
             break
     lines = Path(log.name).read_text().splitlines()
-    said = next((line.split(" - ", 1)[-1] for line in lines if "resuming from" in line or "resume:" in line
-                 or "already complete" in line), "")
+    said = next(
+        (
+            line.split(" - ", 1)[-1]
+            for line in lines
+            if "resuming from" in line or "resume:" in line or "already complete" in line
+        ),
+        "",
+    )
     return attempt, process.returncode, said
 
 
@@ -226,8 +248,13 @@ def benchmark(kills: int, seed: int, epochs: int, limit_train: int, workdir: Pat
         run_dir = workdir / f"kill-{index:02d}"
         killed, phase = kill_once(aim, overrides, run_dir, reference, final_checkpoint, writes, rng)
         attempts, code, said = resume(overrides, run_dir)
-        cycle = {"aim": aim, "phase": phase if killed else "exited_before_kill", "resumes": attempts, "exit": code,
-                 "resumed": said}
+        cycle = {
+            "aim": aim,
+            "phase": phase if killed else "exited_before_kill",
+            "resumes": attempts,
+            "exit": code,
+            "resumed": said,
+        }
         if code == 0:
             got = results(run_dir)
             cycle["mismatched"] = differences(got, {"test": reference["test"], "losses": reference["losses"]})

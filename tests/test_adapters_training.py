@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_json, plugins
 
+from conftest import load_json, plugins
 from tessera import hookimpl
 from tessera.core.cli import compose_config
 

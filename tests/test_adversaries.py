@@ -2,8 +2,8 @@
 BERT (through ``inputs_embeds``), with and without a PEFT LoRA wrapper, and in composed ``tessera train`` runs."""
 
 import pytest
-from conftest import load_json, tessera
 
+from conftest import load_json, tessera
 from tessera.core.errors import ConfigError
 from tessera.plugins.adversaries.base import MultiStepConfig, PerturbationConfig
 from tessera.plugins.adversaries.fgm import Fgm
@@ -17,8 +17,15 @@ def tiny_model(seed=0):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config).train()
 
 
@@ -110,8 +117,10 @@ def test_fgm_adds_the_gradient_at_the_fgm_point_and_restores_the_embeddings():
 def test_pgd_projects_onto_the_epsilon_ball():
     model, batch = tiny_model(), make_batch()
     one_long_step = Pgd(MultiStepConfig(epsilon=0.5, step_size=3.0, steps=1))
-    assert_same(adversary_gradients(one_long_step, model, batch),
-                adversary_gradients(Fgm(PerturbationConfig(epsilon=0.5)), model, batch))
+    assert_same(
+        adversary_gradients(one_long_step, model, batch),
+        adversary_gradients(Fgm(PerturbationConfig(epsilon=0.5)), model, batch),
+    )
     g0 = embedding_gradient(model, batch, 0.0)
     first = 0.2 * unit(g0, batch)
     second = first + 0.2 * unit(embedding_gradient(model, batch, first), batch)
@@ -158,22 +167,34 @@ def test_adversaries_reach_through_a_lora_wrapper():
     assert torch.equal(model.get_input_embeddings().weight, weights)
 
 
-@pytest.mark.parametrize("adversary, config, message", [
-    (Fgm, PerturbationConfig(epsilon=0.0), "adversary.fgm.epsilon=0.0"),
-    (Pgd, MultiStepConfig(steps=0), "adversary.pgd.steps=0"),
-    (FreeLB, MultiStepConfig(step_size=-1.0), "adversary.freelb.step_size=-1.0"),
-])
+@pytest.mark.parametrize(
+    "adversary, config, message",
+    [
+        (Fgm, PerturbationConfig(epsilon=0.0), "adversary.fgm.epsilon=0.0"),
+        (Pgd, MultiStepConfig(steps=0), "adversary.pgd.steps=0"),
+        (FreeLB, MultiStepConfig(step_size=-1.0), "adversary.freelb.step_size=-1.0"),
+    ],
+)
 def test_bad_settings_are_refused(adversary, config, message):
     with pytest.raises(ConfigError, match=message):
         adversary(config).validate(None)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adversary, adapter", [("fgm", "lora"), ("fgm", "none"), ("pgd", "lora"), ("pgd", "none"),
-                                                ("freelb", "lora"), ("vat", "none")])
+@pytest.mark.parametrize(
+    "adversary, adapter",
+    [("fgm", "lora"), ("fgm", "none"), ("pgd", "lora"), ("pgd", "none"), ("freelb", "lora"), ("vat", "none")],
+)
 def test_composed_training_run(tmp_path, adversary, adapter):
-    result = tessera("train", "experiment=smoke", f"adversary={adversary}", f"adapter={adapter}",
-                     "data.limit_train=64", "data.limit_eval=32", f"hydra.run.dir={tmp_path}/run")
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        f"adversary={adversary}",
+        f"adapter={adapter}",
+        "data.limit_train=64",
+        "data.limit_eval=32",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     status = load_json(tmp_path / "run" / "run.json")
     assert status["status"] == "complete" and status["composition"]["adversary"] == [adversary]

@@ -15,20 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from tessera.core.cli import main as tessera_main
-
-from tessera.core.assets import fetching, store
 from tessera.core.assets import (
     ASSET_NAMES,
     asset_dir,
     asset_path,
     fetch,
+    fetching,
     main,
+    store,
     tessera_home,
     verify,
 )
 from tessera.core.assets.catalogue import pykeen as pykeen_asset
 from tessera.core.assets.catalogue import wordnet as wordnet_asset
+from tessera.core.cli import main as tessera_main
 from tessera.core.errors import AssetError
 
 REAL_HOME = tessera_home()  # read before any test points TESSERA_HOME elsewhere
@@ -217,7 +217,7 @@ def test_real_movie_reviews():
     assert len(sentences) == 4000 and Counter(row["label"] for row in sentences) == {"positive": 2000, "negative": 2000}
     assert len(reviews) == 1500 and Counter(row["label"] for row in reviews) == {"positive": 750, "negative": 750}
     assert all(row["text"] and row["text"] == row["text"].strip() for row in sentences + reviews)
-    assert sentences[0]["text"].startswith("the rock is destined to be the 21st century's new \" conan \"")
+    assert sentences[0]["text"].startswith('the rock is destined to be the 21st century\'s new " conan "')
 
 
 def test_real_pykeen():
@@ -260,8 +260,11 @@ def test_real_asset_verifies(name, monkeypatch):
 
 def test_debian_asset_without_apt_says_so(home, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(AssetError, match="Debian package r-bioc-go.db needs apt-get and dpkg-deb, which this machine "
-                                         "lacks: fetch this asset on a Debian or Ubuntu machine"):
+    with pytest.raises(
+        AssetError,
+        match="Debian package r-bioc-go.db needs apt-get and dpkg-deb, which this machine "
+        "lacks: fetch this asset on a Debian or Ubuntu machine",
+    ):
         fetch(["go"], log=lambda line: None)
     assert list((home / "assets").iterdir()) == []
 

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tessera
 
+from conftest import tessera
 from tessera.core.errors import ConfigError
 from tessera.robustness.attacks import AttackConfig, AttackResult, GreedyAttack, Victim, summarize
 from tessera.robustness.cli import parse
@@ -83,12 +83,15 @@ def test_summary_metrics():
     assert summary["attack_success_rate"] == 0.5 and summary["mean_perturbed_share"] == 0.2
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "atack=synonym"], "the options of tessera eval are attack, examples"),
-    (["run", "attack=leetspeak"], "attack=leetspeak: choose synonym, charnoise"),
-    (["run", "query_budget=many"], "query_budget"),
-    (["attack=synonym"], "usage: tessera eval RUN_DIR"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "atack=synonym"], "the options of tessera eval are attack, examples"),
+        (["run", "attack=leetspeak"], "attack=leetspeak: choose synonym, charnoise"),
+        (["run", "query_budget=many"], "query_budget"),
+        (["attack=synonym"], "usage: tessera eval RUN_DIR"),
+    ],
+)
 def test_bad_options_are_refused(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse(argv)

@@ -4,8 +4,8 @@ input passed through and counted, the cache, and Apertium's round trip."""
 import shutil
 
 import pytest
-from conftest import load_json, tessera
 
+from conftest import load_json, tessera
 from tessera.core.errors import ConfigError
 from tessera.plugins.augmenters import base
 from tessera.plugins.augmenters.backtranslate import Backtranslate, BacktranslateConfig
@@ -129,11 +129,14 @@ def _is_subsequence(short, long):
     return all(word in iterator for word in short)
 
 
-@pytest.mark.parametrize("technique", [
-    Eda(EdaConfig(copies=8, alpha_sr=0.5, alpha_ri=0.5, alpha_rs=0.5, p_rd=0.5)),
-    CharNoise(CharNoiseConfig(copies=8, word_rate=1.0)),
-    KgSubstitute(KgSubstituteConfig(copies=8, rate=1.0)),
-])
+@pytest.mark.parametrize(
+    "technique",
+    [
+        Eda(EdaConfig(copies=8, alpha_sr=0.5, alpha_ri=0.5, alpha_rs=0.5, p_rd=0.5)),
+        CharNoise(CharNoiseConfig(copies=8, word_rate=1.0)),
+        KgSubstitute(KgSubstituteConfig(copies=8, rate=1.0)),
+    ],
+)
 def test_protected_words_survive_every_technique(technique):
     for example in EXAMPLES:
         for variant in technique.augment([example], 3):
@@ -169,18 +172,24 @@ def test_kg_substitute_uses_hypernyms_or_co_hyponyms():
 
 
 def test_bad_input_is_passed_through_and_counted():
-    bad = [{"text": "", "label": 0}, {"text": "la película no es buena en absoluto", "label": 1},
-           {"text": "!!! 123 ...", "label": 0}]
+    bad = [
+        {"text": "", "label": 0},
+        {"text": "la película no es buena en absoluto", "label": 1},
+        {"text": "!!! 123 ...", "label": 0},
+    ]
     for technique in (Eda(EdaConfig()), CharNoise(CharNoiseConfig()), KgSubstitute(KgSubstituteConfig())):
         assert technique.augment(bad + EXAMPLES[:1], 0)[:3] == bad
         assert technique.report["unchanged"] == {"empty": 1, "non_english": 1, "no_replaceable_word": 1}
         assert technique.report["augmented"] == 1
 
 
-@pytest.mark.parametrize("config, message", [
-    (EdaConfig(copies=0), "augment.eda.copies=0"),
-    (EdaConfig(alpha_sr=1.5), "augment.eda.alpha_sr=1.5 is not a rate"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (EdaConfig(copies=0), "augment.eda.copies=0"),
+        (EdaConfig(alpha_sr=1.5), "augment.eda.alpha_sr=1.5 is not a rate"),
+    ],
+)
 def test_bad_settings_are_refused(config, message):
     with pytest.raises(ConfigError, match=message):
         Eda(config).validate(None)
@@ -217,7 +226,7 @@ def test_apertium_round_trip_paraphrases_and_keeps_negations(tmp_path, monkeypat
     assert paraphrases and augmenter.report["augmented"] == len(paraphrases)
     for example in paraphrases:
         assert example["text"] == example["text"].lower()
-        original = EXAMPLES[example["label"]::2]
+        original = EXAMPLES[example["label"] :: 2]
         assert any(len(protected_words(o["text"])) == len(protected_words(example["text"])) for o in original)
 
 
@@ -226,8 +235,9 @@ def test_apertium_round_trip_paraphrases_and_keeps_negations(tmp_path, monkeypat
 
 def composed_run(tmp_path, *overrides):
     run_dir = tmp_path / "run"
-    result = tessera("train", "experiment=smoke", "data.limit_train=48", "data.limit_eval=32", *overrides,
-                     f"hydra.run.dir={run_dir}")
+    result = tessera(
+        "train", "experiment=smoke", "data.limit_train=48", "data.limit_eval=32", *overrides, f"hydra.run.dir={run_dir}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_json(run_dir / "run.json")["status"] == "complete"
     return {path.stem: load_json(path) for path in (run_dir / "augment").glob("*.json")}
@@ -245,7 +255,8 @@ def test_augmenters_chain_in_config_order_in_a_training_run(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("apertium") is None, reason="needs Debian's apertium apertium-eng-spa")
 def test_eda_then_backtranslate_in_a_training_run(tmp_path):
-    reports = composed_run(tmp_path, "augment=[eda,backtranslate]", "augment.eda.copies=1",
-                           "augment.backtranslate.cache=false")
+    reports = composed_run(
+        tmp_path, "augment=[eda,backtranslate]", "augment.eda.copies=1", "augment.backtranslate.cache=false"
+    )
     assert reports["backtranslate"]["examples_in"] == reports["eda"]["examples_out"]
     assert reports["backtranslate"]["augmented"] > 0 and reports["backtranslate"]["cache"] == "off"

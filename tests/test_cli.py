@@ -1,6 +1,7 @@
 """Bad input on the command line: one line naming the problem and the fix, exit status 2, no run directory."""
 
 import pytest
+
 from conftest import tessera
 
 

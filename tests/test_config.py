@@ -1,8 +1,8 @@
 """The whole composition is validated before any work, with messages that list the valid names."""
 
 import pytest
-from conftest import plugins
 
+from conftest import plugins
 from tessera.core.cli import validate
 from tessera.core.errors import ConfigError, DataError, IncompatibleError
 
@@ -21,7 +21,10 @@ def hydra_store():
         (["adapter.lora.rank=4"], "valid keys of adapter.lora are alpha, bias, dropout, modules_to_save, r,"),
         (["adapter.lora.r=four"], "invalid value for 'adapter.lora.r'"),
         (["objective=none"], "no objective selected: choose one of classification"),
-        (["adapter.dora.r=8"], "adapter.dora.r=8 sets a parameter of adapter 'dora', which is not selected: add adapter=dora"),
+        (
+            ["adapter.dora.r=8"],
+            "adapter.dora.r=8 sets a parameter of adapter 'dora', which is not selected: add adapter=dora",
+        ),
         (["adapter.nope.r=8"], "adapter.nope.r=8: unknown adapter 'nope': choose one of none, adalora,"),
     ],
 )

@@ -11,9 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import plugins
-from conftest import plugins
 
+from conftest import plugins
 from tessera.core import hookspecs
 from tessera.core.techniques import CONFIG_FAMILIES, FAMILIES
 
@@ -72,8 +71,11 @@ def test_config_groups_are_documented(group):
 def builtin_techniques() -> list[tuple[str, str]]:
     """``(family, name)`` of every technique that tessera's own plugins register."""
     found = plugins()
-    return [(spec.family, spec.name) for spec in found.registry.specs()
-            if found.infos[spec.plugin].builtin and spec.family in CONFIG_FAMILIES]
+    return [
+        (spec.family, spec.name)
+        for spec in found.registry.specs()
+        if found.infos[spec.plugin].builtin and spec.family in CONFIG_FAMILIES
+    ]
 
 
 @pytest.mark.parametrize("family, name", builtin_techniques())
@@ -174,8 +176,10 @@ def test_the_documented_validate_example_runs_on_real_compositions():
 
     sys.path.insert(0, str(DOCS.parent / "examples" / "tessera-plugin-example"))
     namespace = {}
-    exec(python_block((DOCS / "plugins.md").read_text(encoding="utf-8"), "### What `validate(composition)` receives"),
-         namespace)
+    exec(
+        python_block((DOCS / "plugins.md").read_text(encoding="utf-8"), "### What `validate(composition)` receives"),
+        namespace,
+    )
     bitfit = namespace["CheckedBitFit"](namespace["CheckedBitFit"].Config())
     plugins()
 

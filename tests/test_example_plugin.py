@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import REPO, load_json, tessera
 
 EXAMPLE = REPO / "examples" / "tessera-plugin-example"
@@ -15,8 +16,18 @@ def installed(tmp_path_factory):
     """The example installed by pip into a throwaway directory, as PYTHONPATH for subprocesses."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
         check=True,
     )
     return {"PYTHONPATH": str(target)}

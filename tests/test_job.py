@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, load_json, make_plugin, plugins, tessera
 
+from conftest import REPO, load_json, make_plugin, plugins, tessera
 from tessera.core import job
 from tessera.core.cli import compose_config
 from tessera.core.errors import ConfigError
@@ -30,20 +30,30 @@ def test_a_single_run_is_a_job_of_one_stage_in_the_run_directory(tmp_path):
 
 def test_a_stage_starts_from_any_earlier_stage_by_name():
     stages = planned(TWO_STAGES)
-    assert [(stage.name, stage.init) for stage in stages] == [("first", "base"), ("second", "first"),
-                                                              ("third", "first")]
+    assert [(stage.name, stage.init) for stage in stages] == [
+        ("first", "base"),
+        ("second", "first"),
+        ("third", "first"),
+    ]
     assert [s.init for s in planned("stages=[{name:a,init:base},{name:b},{name:c,init:previous}]")] == [
-        "base", "a", "b"]
+        "base",
+        "a",
+        "b",
+    ]
 
 
 @pytest.mark.parametrize(
     "stages, message",
     [
         ("stages=[{name:a}]", "stage 'a' is the first stage: it cannot start from a previous one (init: base)"),
-        ("stages=[{name:a,init:base},{name:b,init:c},{name:c,init:base}]",
-         "stage 'b' has init: c, which runs after it: use base, previous or an earlier stage (a)"),
-        ("stages=[{name:a,init:base},{name:b,init:teacher}]",
-         "stage 'b' has init: teacher, which is not a stage of this job: use base, previous or an earlier stage (a)"),
+        (
+            "stages=[{name:a,init:base},{name:b,init:c},{name:c,init:base}]",
+            "stage 'b' has init: c, which runs after it: use base, previous or an earlier stage (a)",
+        ),
+        (
+            "stages=[{name:a,init:base},{name:b,init:teacher}]",
+            "stage 'b' has init: teacher, which is not a stage of this job: use base, previous or an earlier stage (a)",
+        ),
         ("stages=[{name:a,init:base},{name:a,init:base}]", "two stages are named 'a'"),
         ("stages=[{name:'a/b',init:base}]", "stage name 'a/b' is not a directory name"),
     ],
@@ -89,8 +99,16 @@ def test_a_failed_stage_is_recorded_and_resume_continues_from_it(tmp_path):
 
 def test_a_terminated_run_records_what_resume_will_do(tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "tessera", "train", "experiment=smoke", "trainer.epochs=3",
-            "trainer.checkpoint_every=2", f"hydra.run.dir={run}"]
+    args = [
+        sys.executable,
+        "-m",
+        "tessera",
+        "train",
+        "experiment=smoke",
+        "trainer.epochs=3",
+        "trainer.checkpoint_every=2",
+        f"hydra.run.dir={run}",
+    ]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while not list((run / "checkpoints").glob("step-*[0-9]")) and time.monotonic() < deadline:
@@ -99,8 +117,9 @@ def test_a_terminated_run_records_what_resume_will_do(tmp_path):
     assert process.wait(timeout=300) != 0
     status = load_json(run / "run.json")
     assert status["status"] == "interrupted", status
-    assert status["resume"].startswith("rerun the same command with resume=true: it continues from its last "
-                                       "checkpoint, step-")
+    assert status["resume"].startswith(
+        "rerun the same command with resume=true: it continues from its last checkpoint, step-"
+    )
     resumed = tessera(*args[3:], "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_json(run / "run.json")["status"] == "complete"

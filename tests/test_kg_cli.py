@@ -3,9 +3,8 @@
 import json
 
 import pytest
-from conftest import tessera
-from test_kg_loaders import private_cache  # noqa: F401 - a fixture: RDF files are cached in a throwaway home
 
+from conftest import tessera
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.core.cli import main as tessera_main
 from tessera.graphs.cli import main
@@ -48,10 +47,16 @@ def test_rdf_file_loads_exports_and_answers_queries(rdf_file, tmp_path, capsys, 
     result = run_json(capsys, "query", str(rdf_file), "what did Ann do", "--hops", "1")
     assert result["mentions"] == [{"text": "Ann", "start": 9, "end": 12, "entity": "http://example.org/ann"}]
     assert {(f["head"], f["tail"]) for f in result["facts"]} == {
-        ("http://example.org/ann", "http://example.org/bob"), ("http://example.org/cid", "http://example.org/ann")
+        ("http://example.org/ann", "http://example.org/bob"),
+        ("http://example.org/cid", "http://example.org/ann"),
     }
-    rows = run_json(capsys, "query", str(rdf_file), "--sparql",
-                    "SELECT ?child WHERE { <http://example.org/ann> <http://example.org/parentOf> ?child }")["rows"]
+    rows = run_json(
+        capsys,
+        "query",
+        str(rdf_file),
+        "--sparql",
+        "SELECT ?child WHERE { <http://example.org/ann> <http://example.org/parentOf> ?child }",
+    )["rows"]
     assert rows == [{"child": "http://example.org/bob"}]
 
 
@@ -60,8 +65,21 @@ def test_pykeen_sets_answer_queries(capsys):
     for dataset, entities in (("nations", 14), ("umls", 135), ("kinships", 104)):
         info = run_json(capsys, "info", f"pykeen:{dataset}")
         assert info["entities"] == entities and set(info["splits"]) == {"train", "valid", "test"}
-    result = run_json(capsys, "query", "pykeen:nations", "--entity", "usa", "--entity", "atlantis", "--hops", "1",
-                      "--relation", "treaties", "--max-facts", "3")
+    result = run_json(
+        capsys,
+        "query",
+        "pykeen:nations",
+        "--entity",
+        "usa",
+        "--entity",
+        "atlantis",
+        "--hops",
+        "1",
+        "--relation",
+        "treaties",
+        "--max-facts",
+        "3",
+    )
     assert result["unknown_entities"] == ["atlantis"] and len(result["facts"]) == 3
     assert all(f["relation"] == "treaties" and "usa" in (f["head"], f["tail"]) for f in result["facts"])
 
@@ -89,13 +107,27 @@ def test_wordnet_answers_queries(capsys):
 def test_embed_trains_and_reports_filtered_metrics(capsys, tmp_path):
     need_assets("pykeen")
     out = tmp_path / "nations.npz"
-    result = run_json(capsys, "embed", "pykeen:nations", "--model", "distmult", "--dim", "16", "--epochs", "20",
-                      "--out", str(out))
+    result = run_json(
+        capsys, "embed", "pykeen:nations", "--model", "distmult", "--dim", "16", "--epochs", "20", "--out", str(out)
+    )
     assert result["embeddings"] == str(out) and out.is_file()
     assert set(result["metrics"]) == {"both", "head", "tail", "triples", "split"}
     assert set(result["metrics"]["both"]) == {"mr", "mrr", "hits_at_1", "hits_at_3", "hits_at_10"}
-    ranked = run_json(capsys, "query", "pykeen:nations", "--entity", "usa", "--hops", "1", "--ranking", "embedding",
-                      "--embeddings", str(out), "--max-facts", "5")
+    ranked = run_json(
+        capsys,
+        "query",
+        "pykeen:nations",
+        "--entity",
+        "usa",
+        "--hops",
+        "1",
+        "--ranking",
+        "embedding",
+        "--embeddings",
+        str(out),
+        "--max-facts",
+        "5",
+    )
     assert len(ranked["facts"]) == 5
 
 

@@ -3,8 +3,8 @@ saving and caching."""
 
 import numpy as np
 import pytest
-from conftest import plugins
 
+from conftest import plugins
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.embeddings import (
     KGEConfig,
@@ -95,10 +95,12 @@ def test_rgcn_encoder_and_complex(nations):
 
 
 def test_config_is_checked(nations):
-    for bad, message in ((dict(model="transh"), "unknown KGE model 'transh'"),
-                         (dict(encoder="gat"), "unknown KGE encoder 'gat'"),
-                         (dict(loss="hinge"), "unknown KGE loss 'hinge'"),
-                         (dict(dim=0), "must be at least 1")):
+    for bad, message in (
+        (dict(model="transh"), "unknown KGE model 'transh'"),
+        (dict(encoder="gat"), "unknown KGE encoder 'gat'"),
+        (dict(loss="hinge"), "unknown KGE loss 'hinge'"),
+        (dict(dim=0), "must be at least 1"),
+    ):
         with pytest.raises(GraphError, match=message):
             train_embeddings(nations, KGEConfig(**bad))
     with pytest.raises(GraphError, match="has no split 'dev'"):

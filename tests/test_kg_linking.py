@@ -34,9 +34,16 @@ def zoo() -> KnowledgeGraph:
         ("goose", "is_a", "bird"),
     ]
     aliases = [
-        ("Dog", "dog", 1.0), ("hot dog", "hot_dog", 1.0), ("bank", "bank_river", 0.9), ("bank", "bank_money", 0.2),
-        ("canine", "canine", 1.0), ("run", "run", 1.0), ("goose", "goose", 1.0), ("The Who", "canine", 1.0),
-        ("a", "mammal", 1.0), ("bird", "bird", 1.0),
+        ("Dog", "dog", 1.0),
+        ("hot dog", "hot_dog", 1.0),
+        ("bank", "bank_river", 0.9),
+        ("bank", "bank_money", 0.2),
+        ("canine", "canine", 1.0),
+        ("run", "run", 1.0),
+        ("goose", "goose", 1.0),
+        ("The Who", "canine", 1.0),
+        ("a", "mammal", 1.0),
+        ("bird", "bird", 1.0),
     ]
     return KnowledgeGraph.from_triples("zoo", triples, aliases=aliases)
 
@@ -54,7 +61,7 @@ def test_longest_match_case_folding_and_spans(zoo):
     text = "My HOT DOG and my dog, not a canine!"
     mentions = linker.link(text)
     assert [(m.text, m.key) for m in mentions] == [("HOT DOG", "hot_dog"), ("dog", "dog"), ("canine", "canine")]
-    assert all(text[m.start:m.end] == m.text for m in mentions)
+    assert all(text[m.start : m.end] == m.text for m in mentions)
     assert keys(linker, "the who sang") == [("the who", "canine")]  # a multi-word alias may start with a stop word
     assert keys(linker, "a") == []  # a single stop word is never linked
     assert keys(linker, "") == [] and keys(linker, "nothing known here") == []
@@ -127,8 +134,9 @@ def test_embedding_ranking_prefers_similar_entities(zoo):
 
 
 def test_personalized_pagerank_matches_networkx():
-    graph = KnowledgeGraph.from_triples("g", [(f"n{a}", "r", f"n{b}") for a, b in
-                                              [(0, 1), (1, 2), (2, 3), (1, 3), (3, 4), (5, 4)]])
+    graph = KnowledgeGraph.from_triples(
+        "g", [(f"n{a}", "r", f"n{b}") for a, b in [(0, 1), (1, 2), (2, 3), (1, 3), (3, 4), (5, 4)]]
+    )
     nodes, heads, tails = np.arange(6), graph.triples[:, 0], graph.triples[:, 2]
     seeds = np.array([0, 5])
     ranks = personalized_pagerank(nodes, heads, tails, seeds, iterations=200)

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_plugin, plugins, tessera
 
+from conftest import make_plugin, plugins, tessera
 from tessera.core.assets import MANIFEST, tessera_home
 from tessera.graphs.loaders import cache_dir, load_graph, resolve
 from tessera.graphs.loaders.pykeen import read_tsv_triples
@@ -42,18 +42,6 @@ def need_asset(name: str) -> None:
         pytest.skip(f"asset {name!r} is not fetched: run `tessera assets fetch {name}`")
 
 
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    """A TESSERA_HOME whose assets are the real ones (linked) and whose graph cache is empty."""
-    home = tmp_path / "home"
-    (home / "assets").mkdir(parents=True)
-    for asset in (REAL_HOME / "assets").iterdir():
-        if not asset.name.startswith("."):
-            os.symlink(asset, home / "assets" / asset.name)
-    monkeypatch.setenv("TESSERA_HOME", str(home))
-    return home
-
-
 def test_builtin_loaders_register_through_the_hook():
     assert {"rdf", "wordnet", "pykeen", "go", "commonsense"} <= set(plugins().registry.names("kg_loader"))
     assert plugins().provider("kg_loader", "wordnet") == "tessera.kg_loaders"
@@ -61,13 +49,17 @@ def test_builtin_loaders_register_through_the_hook():
 
 def test_loaders_are_checked_at_start_up_listed_and_filtered_like_techniques(tmp_path):
     make_plugin(tmp_path / "site", "chain", THIRD_PARTY_LOADER)
-    make_plugin(tmp_path / "site", "notaloader", """
+    make_plugin(
+        tmp_path / "site",
+        "notaloader",
+        """
 from tessera import hookimpl
 
 @hookimpl
 def tessera_kg_loaders():
     return [dict]
-""")
+""",
+    )
     env = {"PYTHONPATH": str(tmp_path / "site")}
     result = tessera("plugins", "--json", env=env)
     report = json.loads(result.stdout)

@@ -18,8 +18,11 @@ ex:lyon ex:locatedIn ex:france .
 MALFORMED = {
     "bad.ttl": ("@prefix ex: <http://example.org/> .\nex:a ex:b ex:c .\nex:a ex:b ex:c ex:d .\n", 3),
     "bad.nt": ("<http://a> <http://b> <http://c> .\n<http://a> <http://b> <http://c> .\n<http://a> <b> .\n", 3),
-    "bad.rdf": ('<?xml version="1.0"?>\n<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
-                "<rdf:Description>\n</rdf:RDF>\n", 4),
+    "bad.rdf": (
+        '<?xml version="1.0"?>\n<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        "<rdf:Description>\n</rdf:RDF>\n",
+        4,
+    ),
     "bad.jsonld": ('{"@id": "http://a",\n "http://b": {"@id": \n}', 3),
 }
 
@@ -36,6 +39,7 @@ def test_import_maps_labels_aliases_and_literals(turtle_file):
     assert graph.name == "europe" and graph.num_triples == 4
     paris = graph.entity_id("http://example.org/paris")
     assert graph.labels[paris] == "Paris"
+
     def aliases(entity):
         return sorted(n for n, e in zip(graph.alias_names, graph.alias_entities) if e == entity)
 
@@ -61,8 +65,10 @@ def test_round_trip_through_each_format(turtle_file, tmp_path, suffix):
 
 def test_non_rdf_graph_round_trips_with_tessera_iris(tmp_path):
     graph = KnowledgeGraph.from_triples(
-        "tiny", [("dog.n.01", "hypernym", "canine.n.02"), ("a/b", "rel", "GO:0001")],
-        labels={"dog.n.01": "dog"}, aliases=[("domestic dog", "dog.n.01", 1.0)],
+        "tiny",
+        [("dog.n.01", "hypernym", "canine.n.02"), ("a/b", "rel", "GO:0001")],
+        labels={"dog.n.01": "dog"},
+        aliases=[("domestic dog", "dog.n.01", 1.0)],
     )
     text = write_rdf(graph, tmp_path / "tiny.nt").read_text()
     assert "<urn:tessera:tiny/entity/dog.n.01> <urn:tessera:tiny/relation/hypernym>" in text

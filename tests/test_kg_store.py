@@ -17,8 +17,10 @@ from tessera.graphs.store import (
 
 def random_graph(entities=60, triples=150, relations=4, seed=0) -> KnowledgeGraph:
     rng = np.random.default_rng(seed)
-    rows = [(f"e{rng.integers(entities)}", f"r{rng.integers(relations)}", f"e{rng.integers(entities)}")
-            for _ in range(triples)]
+    rows = [
+        (f"e{rng.integers(entities)}", f"r{rng.integers(relations)}", f"e{rng.integers(entities)}")
+        for _ in range(triples)
+    ]
     return KnowledgeGraph.from_triples("random", rows)
 
 

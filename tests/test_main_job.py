@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from conftest import load_json, tessera, trained_max_length
 
 
@@ -29,6 +30,10 @@ def test_main_job_reaches_the_accuracy_target_and_its_export_reproduces_it(tmp_p
     )
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()][:200]
     scored = classifier([row["text"] for row in rows], batch_size=50)
-    got = np.array([[next(s["score"] for s in scores if s["label"] == label) for label in ("negative", "positive")]
-                    for scores in scored])
+    got = np.array(
+        [
+            [next(s["score"] for s in scores if s["label"] == label) for label in ("negative", "positive")]
+            for scores in scored
+        ]
+    )
     np.testing.assert_allclose(got, [row["probabilities"] for row in rows], atol=1e-4)

@@ -2,9 +2,9 @@
 model's limit, logged and written into the run's config and its saved copy; a number is kept, a bad value refused."""
 
 import pytest
-from conftest import plugins, tessera
 from omegaconf import OmegaConf
 
+from conftest import plugins, tessera
 from tessera.core.cli import compose_config, validate
 from tessera.core.errors import ConfigError
 

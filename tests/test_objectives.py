@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_json, plugins, tessera
 from omegaconf import OmegaConf
 
+from conftest import load_json, plugins, tessera
 from tessera.core.batching import IGNORE_INDEX, collate
 from tessera.core.cli import validate
 from tessera.core.errors import IncompatibleError
@@ -40,7 +40,8 @@ def test_mlm_masks_fifteen_percent_of_ordinary_tokens_and_never_special_ones(ber
     assert torch.equal(masked["input_ids"], again["input_ids"])
     chosen = masked["mlm_labels"] != IGNORE_INDEX
     ordinary = (batch["attention_mask"] == 1) & ~torch.isin(
-        batch["input_ids"], torch.tensor([bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id]))
+        batch["input_ids"], torch.tensor([bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id])
+    )
     assert not (chosen & ~ordinary).any()
     assert 0.12 < chosen.sum().item() / ordinary.sum().item() < 0.18
     assert torch.equal(masked["mlm_labels"][chosen], batch["input_ids"][chosen])
@@ -117,8 +118,16 @@ def test_incompatible_objectives_are_refused_naming_both(overrides, first, secon
     ids=["mlm+nsp", "clm", "instruction"],
 )
 def test_objectives_train_a_tiny_model_and_the_loss_falls(tmp_path, overrides, metric):
-    result = tessera("train", "experiment=smoke", "adapter=none", "data.limit_eval=16", "trainer.learning_rate=3e-3",
-                     "trainer.warmup_ratio=0", *overrides, f"hydra.run.dir={tmp_path}/run")
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        "adapter=none",
+        "data.limit_eval=16",
+        "trainer.learning_rate=3e-3",
+        "trainer.warmup_ratio=0",
+        *overrides,
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = load_json(tmp_path / "run" / "metrics.json")
     losses = [step["loss"] for step in metrics["train"]]
@@ -128,8 +137,17 @@ def test_objectives_train_a_tiny_model_and_the_loss_falls(tmp_path, overrides, m
 
 
 def test_dapt_runs_its_stages_and_compares_them(tmp_path):
-    result = tessera("train", "experiment=dapt", "model=tiny", "adapter=none", "data.limit_train=32",
-                     "data.limit_eval=16", "trainer.epochs=1", "trainer.max_steps=6", f"hydra.run.dir={tmp_path}/run")
+    result = tessera(
+        "train",
+        "experiment=dapt",
+        "model=tiny",
+        "adapter=none",
+        "data.limit_train=32",
+        "data.limit_eval=16",
+        "trainer.epochs=1",
+        "trainer.max_steps=6",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "run"
     stages = load_json(run / "metrics.json")["stages"]

@@ -4,10 +4,16 @@ every epoch, keep each run short; the tiny-model tests in test_objectives.py cov
 
 import numpy as np
 import pytest
+
 from conftest import load_json, tessera
 
-SHORT = ["data.max_length=64", "trainer.batch_size=8", "data.limit_eval=8",
-         "trainer.warmup_ratio=0", "trainer.checkpoint_every=0"]
+SHORT = [
+    "data.max_length=64",
+    "trainer.batch_size=8",
+    "data.limit_eval=8",
+    "trainer.warmup_ratio=0",
+    "trainer.checkpoint_every=0",
+]
 ENCODER = ["model=minilm", "adapter=none", "data=full_reviews", "trainer.learning_rate=2e-4"]
 DECODER = ["model=smollm2", "adapter=lora", "trainer.learning_rate=2e-3"]  # 135 M parameters: LoRA keeps it short
 
@@ -15,8 +21,14 @@ CASES = {
     "mlm": [*ENCODER, "objective=mlm", "data.limit_train=4", "trainer.epochs=2"],
     "nsp": [*ENCODER, "objective=nsp", "data.limit_train=2", "trainer.epochs=6"],
     "sop": [*ENCODER, "objective=sop", "data.limit_train=2", "trainer.epochs=6"],
-    "clm": [*DECODER, "objective=clm", "data=full_reviews", "data.limit_train=1", "data.limit_eval=2",
-            "trainer.epochs=4"],
+    "clm": [
+        *DECODER,
+        "objective=clm",
+        "data=full_reviews",
+        "data.limit_train=1",
+        "data.limit_eval=2",
+        "trainer.epochs=4",
+    ],
     "instruction": [*DECODER, "objective=instruction", "data.limit_train=16", "trainer.epochs=4"],
 }
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from conftest import load_json, tessera, trained_max_length
 
 
@@ -71,8 +72,14 @@ def test_unmerged_peft_adapter_reproduces_the_predictions(smoke_run):
 
 def test_loss_falls_when_training_longer(tmp_path):
     result = tessera(
-        "train", "experiment=smoke", "adapter=none", "data.limit_train=64", "trainer.epochs=15",
-        "trainer.learning_rate=3e-3", "trainer.warmup_ratio=0", f"hydra.run.dir={tmp_path}/run",
+        "train",
+        "experiment=smoke",
+        "adapter=none",
+        "data.limit_train=64",
+        "trainer.epochs=15",
+        "trainer.learning_rate=3e-3",
+        "trainer.warmup_ratio=0",
+        f"hydra.run.dir={tmp_path}/run",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     losses = [step["loss"] for step in load_json(tmp_path / "run" / "metrics.json")["train"]]
@@ -93,8 +100,16 @@ def test_an_export_transfers_its_encoder_to_data_with_other_labels(smoke_run, tm
     data = tmp_path / "three.csv"
     data.write_text("text,label\n" + "".join(f"sentence number {i} of the set,{'abc'[i % 3]}\n" for i in range(60)))
     run = tmp_path / "run"
-    result = tessera("train", "experiment=smoke", "data=csv", f"data.path={data}", "trainer.epochs=0",
-                     f"model.pretrained={smoke_run / 'export'}", "model.random_init=false", f"hydra.run.dir={run}")
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        "data=csv",
+        f"data.path={data}",
+        "trainer.epochs=0",
+        f"model.pretrained={smoke_run / 'export'}",
+        "model.random_init=false",
+        f"hydra.run.dir={run}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "has a 2-label head and the data has 3 labels (a, b, c)" in result.stdout + result.stderr
     source = load_file(smoke_run / "export" / "model.safetensors")

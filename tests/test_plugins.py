@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import make_plugin, plugins, tessera
 
+from conftest import make_plugin, plugins, tessera
 from tessera.core.errors import ConfigError
 from tessera.core.techniques import FAMILIES
 
@@ -81,8 +81,9 @@ def test_every_technique_names_its_provider_and_strict_mode_fails_on_a_skipped_p
     report = plugins_json(env)
     assert report["providers"]["augment/upper"] == "upper"
     assert report["providers"]["adapter/lora"] == "tessera.adapters"
-    assert set(report["providers"]) == {f"{family}/{name}" for family, names in report["techniques"].items()
-                                        for name in names}
+    assert set(report["providers"]) == {
+        f"{family}/{name}" for family, names in report["techniques"].items() for name in names
+    }
     human = tessera("plugins", env=env)
     assert "upper [upper]" in human.stdout and "lora [" not in human.stdout
     assert tessera("plugins", "--strict", env=env).returncode == 0
@@ -170,6 +171,8 @@ def test_blocked_logger_receives_no_events():
     from tessera.core.run import compose
 
     plugins()
-    composition = compose(compose_config(["experiment=smoke", "plugins.block=[tessera.tensorboard]"], plugins()), plugins())
+    composition = compose(
+        compose_config(["experiment=smoke", "plugins.block=[tessera.tensorboard]"], plugins()), plugins()
+    )
     registered = {name for name, _ in composition.plugins.manager.list_name_plugin()}
     assert "tessera.tensorboard" not in registered and "tessera.console" in registered

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, plugins, tessera
 
+from conftest import REPO, plugins, tessera
 from tessera.core.techniques import KGRetriever
 from tessera.serving.knowledge import KnowledgeFront
 from tessera.serving.settings import kv_cache_bytes, load_settings
@@ -38,8 +38,12 @@ class Served:
         self.scratch, self.lines = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp")), queue.Queue()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(self.scratch)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tessera", "serve", str(path), "--port", "0", *args], cwd=REPO, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", "tessera", "serve", str(path), "--port", "0", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         threading.Thread(target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True).start()
         self.output: list[str] = []
@@ -125,8 +129,9 @@ def test_an_architecture_that_is_not_served(tmp_path):
 
 
 def test_attention_heads_too_narrow_for_vllm_on_cpu(tmp_path):
-    write_config(tmp_path / "narrow", architectures=["BertForSequenceClassification"], hidden_size=32,
-                 num_attention_heads=2)
+    write_config(
+        tmp_path / "narrow", architectures=["BertForSequenceClassification"], hidden_size=32, num_attention_heads=2
+    )
     fails_in_one_line(tessera("serve", str(tmp_path / "narrow")), "vLLM on CPU needs at least 32")
 
 
@@ -188,26 +193,46 @@ class Bracketed(KGRetriever):
     facts = {"paris": "paris capital_of france", "ball": "ball is_a toy"}
 
     def enrich(self, examples, run):
-        return [{**e, "text": e["text"] + "".join(f" [{self.facts[w]}]" for w in e["text"].lower().split()
-                                                   if w in self.facts)} for e in examples]
+        return [
+            {
+                **e,
+                "text": e["text"]
+                + "".join(f" [{self.facts[w]}]" for w in e["text"].lower().split() if w in self.facts),
+            }
+            for e in examples
+        ]
 
 
 def test_the_knowledge_front_enriches_every_kind_of_request():
     front = KnowledgeFront([Bracketed(Bracketed.Config())])
     assert front.rewrite("/v1/completions", {"prompt": "paris is", "max_tokens": 3}) == {
-        "prompt": "paris is [paris capital_of france]", "max_tokens": 3}
+        "prompt": "paris is [paris capital_of france]",
+        "max_tokens": 3,
+    }
     assert front.rewrite("/classify", {"input": ["a ball", "nothing"]})["input"] == [
-        "a ball [ball is_a toy]", "nothing"]
+        "a ball [ball is_a toy]",
+        "nothing",
+    ]
     assert front.rewrite("/v1/completions", {"prompt": [1, 2, 3]}) == {"prompt": [1, 2, 3]}
-    chat = front.rewrite("/v1/chat/completions", {"messages": [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "paris"},
-        {"role": "assistant", "content": "yes"},
-        {"role": "user", "content": [{"type": "text", "text": "a ball"}, {"type": "image_url", "image_url": "x"}]},
-    ]})["messages"]
+    chat = front.rewrite(
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "paris"},
+                {"role": "assistant", "content": "yes"},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a ball"}, {"type": "image_url", "image_url": "x"}],
+                },
+            ]
+        },
+    )["messages"]
     assert chat[1]["content"] == "paris" and chat[0]["content"] == "be brief"
-    assert chat[3]["content"] == [{"type": "text", "text": "a ball [ball is_a toy]"},
-                                  {"type": "image_url", "image_url": "x"}]
+    assert chat[3]["content"] == [
+        {"type": "text", "text": "a ball [ball is_a toy]"},
+        {"type": "image_url", "image_url": "x"},
+    ]
 
 
 async def echo_app(scope, receive, send):
@@ -221,7 +246,7 @@ async def echo_app(scope, receive, send):
     length = dict(scope["headers"]).get(b"content-length", b"-").decode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"x-length", length.encode())]})
     await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
-    await send({"type": "http.response.body", "body": body[len(body) // 2:]})
+    await send({"type": "http.response.body", "body": body[len(body) // 2 :]})
 
 
 def call(app, method, path, body=b"", headers=None):

@@ -11,8 +11,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import tessera, trained_max_length
 from test_serve import Served
+
+from conftest import tessera, trained_max_length
 
 KEY = "test-key"
 
@@ -35,8 +36,9 @@ def in_process(export, texts):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(export).eval()
-    batch = AutoTokenizer.from_pretrained(export)(texts, truncation=True, max_length=trained_max_length(export.parent),
-                                                  padding=True, return_tensors="pt")
+    batch = AutoTokenizer.from_pretrained(export)(
+        texts, truncation=True, max_length=trained_max_length(export.parent), padding=True, return_tensors="pt"
+    )
     with torch.inference_mode():
         return torch.softmax(model(**batch).logits, dim=-1).double().numpy()
 
@@ -77,11 +79,19 @@ def test_probabilities_over_plain_http_equal_what_the_run_predicted(server, sent
 
 
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, sentences):
-    assert post(f"{server.url}/classify", b'{"model": "tiny-movie_reviews", "input": ', )[0] == 400
+    assert (
+        post(
+            f"{server.url}/classify",
+            b'{"model": "tiny-movie_reviews", "input": ',
+        )[0]
+        == 400
+    )
     status, answer = post(f"{server.url}/classify", json.dumps({"model": "nope", "input": "x"}).encode())
     assert status == 404 and "nope" in answer["error"]["message"]
-    assert post(f"{server.url}/classify", json.dumps({"model": "tiny-movie_reviews", "input": "x"}).encode(),
-                key=None)[0] == 401
+    assert (
+        post(f"{server.url}/classify", json.dumps({"model": "tiny-movie_reviews", "input": "x"}).encode(), key=None)[0]
+        == 401
+    )
     status, answer = post(f"{server.url}/classify", json.dumps({"input": sentences[0][:2]}).encode())
     assert status == 200 and len(answer["data"]) == 2
 

@@ -10,8 +10,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import tessera
 from test_serve import Served
+
+from conftest import tessera
 
 PROMPTS = ["The capital of France is", "Once upon a time", "The movie was"]
 
@@ -27,16 +28,28 @@ def build_run(root):
 
     tokenizer = AutoTokenizer.from_pretrained(asset_path("smollm2"))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_attention_heads=2, num_key_value_heads=2,
-                         intermediate_size=128, num_hidden_layers=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     base = root / "base"
     LlamaForCausalLM(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
     model = peft.get_peft_model(
         LlamaForCausalLM.from_pretrained(base),
-        peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                        task_type=peft.TaskType.CAUSAL_LM),
+        peft.LoraConfig(
+            r=8,
+            lora_alpha=16,
+            target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+            task_type=peft.TaskType.CAUSAL_LM,
+        ),
     )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -103,13 +116,14 @@ def test_the_adapter_name_changes_the_output_to_the_merged_export(client, run):
         ids = tokenizer(prompt, return_tensors="pt")
         with torch.inference_mode():
             reference = merged.generate(**ids, max_new_tokens=12, do_sample=False)
-        expected = tokenizer.decode(reference[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        expected = tokenizer.decode(reference[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         assert adapted == expected
 
 
 def test_chat_and_streaming_through_the_openai_client(client):
-    chat = client.chat.completions.create(model="lora", messages=[{"role": "user", "content": "Hello!"}],
-                                          max_tokens=8, temperature=0)
+    chat = client.chat.completions.create(
+        model="lora", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8, temperature=0
+    )
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
     streamed = client.completions.create(model="lora", prompt=PROMPTS[0], max_tokens=12, temperature=0, stream=True)
     assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == complete(client, "lora", PROMPTS[0])
@@ -139,8 +153,9 @@ def test_bad_requests_over_plain_http_get_4xx_and_the_server_keeps_serving(serve
 def test_predict_generates_what_the_server_generates(run, client, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    result = tessera("predict", str(run), str(prompts), "--engine", "transformers", "--max-tokens", "12",
-                     "dtype=float32")
+    result = tessera(
+        "predict", str(run), str(prompts), "--engine", "transformers", "--max-tokens", "12", "dtype=float32"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "prompts.predictions.jsonl").read_text().splitlines()]
     assert [row["prompt"] for row in rows] == PROMPTS

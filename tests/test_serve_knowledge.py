@@ -9,8 +9,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import plugins, tessera, trained_max_length
 from test_serve import Served
+
+from conftest import plugins, tessera, trained_max_length
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +29,9 @@ def probabilities(export, texts):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(export).eval()
-    batch = AutoTokenizer.from_pretrained(export)(texts, truncation=True, max_length=trained_max_length(export.parent),
-                                                  padding=True, return_tensors="pt")
+    batch = AutoTokenizer.from_pretrained(export)(
+        texts, truncation=True, max_length=trained_max_length(export.parent), padding=True, return_tensors="pt"
+    )
     with torch.inference_mode():
         return torch.softmax(model(**batch).logits, dim=-1).double().numpy()
 
@@ -46,8 +48,11 @@ def test_raw_inputs_are_enriched_by_the_run_retriever_before_the_model_sees_them
     served = Served(run)
     try:
         assert "kg=text_injection enriches every input" in "".join(served.output)
-        request = urllib.request.Request(f"{served.url}/classify", data=json.dumps({"input": raw}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{served.url}/classify",
+            data=json.dumps({"input": raw}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as answer:
             got = np.array([item["probs"] for item in json.load(answer)["data"]])
     finally:

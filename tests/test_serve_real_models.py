@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tessera
 from test_serve import Served
+
+from conftest import tessera
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +31,9 @@ def test_the_served_minilm_classifier_answers_what_the_run_predicted(run):
     try:
         assert served.models == ["minilm-movie_reviews"]
         client = OpenAI(base_url=served.url, api_key="unused")
-        answer = client.post("/classify", cast_to=object,
-                             body={"model": "minilm-movie_reviews", "input": [row["text"] for row in rows]})
+        answer = client.post(
+            "/classify", cast_to=object, body={"model": "minilm-movie_reviews", "input": [row["text"] for row in rows]}
+        )
     finally:
         served.stop()
     got = np.array([item["probs"] for item in answer["data"]])
@@ -49,8 +51,12 @@ def test_smollm2_answers_a_chat_completion():
         assert served.models == ["smollm2"]
         client = OpenAI(base_url=f"{served.url}/v1", api_key="unused")
         question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-        answers = [client.chat.completions.create(model="smollm2", messages=question, max_tokens=16, temperature=0)
-                   .choices[0].message.content for _ in range(2)]
+        answers = [
+            client.chat.completions.create(model="smollm2", messages=question, max_tokens=16, temperature=0)
+            .choices[0]
+            .message.content
+            for _ in range(2)
+        ]
     finally:
         served.stop()
     assert "Paris" in answers[0] and answers[0] == answers[1]

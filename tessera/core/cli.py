@@ -21,8 +21,23 @@ from tessera.core.errors import ConfigError, TesseraError
 from tessera.core.plugins import Plugins, discover
 
 #: Hydra flags that print information instead of running a job: no validation before them.
-_HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
-                     "--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"}
+_HYDRA_INFO_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--config-dir",
+    "-cd",
+    "--config-name",
+    "-cn",
+    "--config-path",
+    "-cp",
+}
 
 
 def _fail(error: Exception) -> None:
@@ -184,7 +199,9 @@ def plugins_report(plugins: Plugins) -> dict:
     from tessera.core.techniques import FAMILIES
 
     return {
-        "plugins": [{"name": i.name, "version": i.version, "distribution": i.distribution} for i in plugins.infos.values()],
+        "plugins": [
+            {"name": i.name, "version": i.version, "distribution": i.distribution} for i in plugins.infos.values()
+        ],
         "techniques": {family: plugins.registry.names(family) for family in FAMILIES},
         "providers": {f"{spec.family}/{spec.name}": spec.plugin for spec in plugins.registry.specs()},
         "failed": [{"name": f.name, "error": f.error} for f in plugins.failures],
@@ -204,8 +221,12 @@ def show_plugins(as_json: bool, strict: bool) -> int:
             print(f"  {plugin['name']:<28} {plugin['version']:<10} ({plugin['distribution']})")
         print("techniques:")
         for family, names in report["techniques"].items():
-            shown = [name if report["providers"][f"{family}/{name}"].startswith("tessera.")
-                     else f"{name} [{report['providers'][f'{family}/{name}']}]" for name in names]
+            shown = [
+                name
+                if report["providers"][f"{family}/{name}"].startswith("tessera.")
+                else f"{name} [{report['providers'][f'{family}/{name}']}]"
+                for name in names
+            ]
             print(f"  {family:<11} {', '.join(shown) or '-'}")
         for failure in report["failed"]:
             print(f"skipped plugin {failure['name']}: {failure['error']}", file=sys.stderr)
@@ -226,7 +247,10 @@ DELEGATED_COMMANDS = {
     "kg": ("knowledge graphs: info / load / query / embed", "tessera.graphs.cli:main"),
     "serve": ("serve a run's export through vLLM's OpenAI-compatible API", "tessera.serving.cli:serve"),
     "predict": ("batch inference on a file through vLLM (or transformers)", "tessera.serving.cli:predict"),
-    "eval": ("evaluate a trained run, clean and under attack (attack=synonym,charnoise)", "tessera.robustness.cli:main"),
+    "eval": (
+        "evaluate a trained run, clean and under attack (attack=synonym,charnoise)",
+        "tessera.robustness.cli:main",
+    ),
 }
 
 
@@ -241,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         commands.add_parser(name, help=summary, add_help=False)
     listing = commands.add_parser("plugins", help="list installed plugins and their techniques")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.add_argument("--strict", action="store_true",
-                         help="exit with status 1 when a plugin was skipped (also: TESSERA_PLUGINS_STRICT=1)")
+    listing.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when a plugin was skipped (also: TESSERA_PLUGINS_STRICT=1)",
+    )
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command in DELEGATED_COMMANDS:

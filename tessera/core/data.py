@@ -152,8 +152,10 @@ def load_splits(data_cfg, labelled: bool = True) -> Splits:
     if data_cfg.format not in FORMATS:
         raise DataError(f"unknown data.format '{data_cfg.format}': choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     if not data_cfg.path:
-        wanted = "a directory: add data.path=/path/to/saved_dataset" if data_cfg.format == "hf_disk" else (
-            f"a file: add data.path=/path/to/your.{data_cfg.format}"
+        wanted = (
+            "a directory: add data.path=/path/to/saved_dataset"
+            if data_cfg.format == "hf_disk"
+            else (f"a file: add data.path=/path/to/your.{data_cfg.format}")
         )
         raise DataError(f"data={data_cfg.name} needs {wanted}")
     path, fmt, text_column = resolve_path(data_cfg.path), data_cfg.format, data_cfg.text_column

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 from tessera.core.batching import collate, model_inputs, sequential_batches
 
@@ -52,8 +51,10 @@ def evaluation_passes(run, objective, model, tokenizer, examples: list[dict]):
 
 def mean_loss(run, objective, model, tokenizer, examples: list[dict]) -> float:
     """The objective's mean loss over the batches of ``examples``."""
-    losses = [objective.loss(outputs, batch).item() for batch, outputs in
-              evaluation_passes(run, objective, model, tokenizer, examples)]
+    losses = [
+        objective.loss(outputs, batch).item()
+        for batch, outputs in evaluation_passes(run, objective, model, tokenizer, examples)
+    ]
     return sum(losses) / max(len(losses), 1)
 
 
@@ -98,9 +99,7 @@ def classification_metrics(labels: list[int], probabilities, label_names: list[s
         if len(classes) == 2:
             result["roc_auc"] = float(metrics.roc_auc_score(y_true, probabilities[:, 1]))
         else:
-            result["roc_auc"] = float(
-                metrics.roc_auc_score(y_true, probabilities, multi_class="ovr", labels=classes)
-            )
+            result["roc_auc"] = float(metrics.roc_auc_score(y_true, probabilities, multi_class="ovr", labels=classes))
     result["confusion_matrix"] = metrics.confusion_matrix(y_true, y_pred, labels=classes).tolist()
     return result
 
@@ -118,8 +117,12 @@ def save_plots(labels: list[int], probabilities, label_names: list[str], directo
     written = []
     figure, axis = plt.subplots(figsize=(4.5, 4))
     metrics.ConfusionMatrixDisplay.from_predictions(
-        y_true, probabilities.argmax(axis=1), labels=list(range(len(label_names))),
-        display_labels=label_names, ax=axis, colorbar=False,
+        y_true,
+        probabilities.argmax(axis=1),
+        labels=list(range(len(label_names))),
+        display_labels=label_names,
+        ax=axis,
+        colorbar=False,
     )
     axis.set_title("Confusion matrix (test)")
     figure.tight_layout()
@@ -150,7 +153,9 @@ def markdown_report(composition: dict, metrics: dict, timings: dict) -> str:
     lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
     for key, value in metrics.items():
         if value is None or isinstance(value, (int, float)):
-            lines.append(f"| {key} | {'n/a' if value is None else (f'{value:.4f}' if isinstance(value, float) else value)} |")
+            lines.append(
+                f"| {key} | {'n/a' if value is None else (f'{value:.4f}' if isinstance(value, float) else value)} |"
+            )
     if "confusion_matrix" in metrics:
         lines += ["", "![confusion matrix](confusion_matrix.png) ![ROC curve](roc_curve.png)"]
     lines += ["", "## Time", ""]

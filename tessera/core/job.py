@@ -19,10 +19,10 @@ import logging
 import re
 import shutil
 import signal
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -131,8 +131,11 @@ class Job:
 
     def _run_stages(self) -> dict:
         names = [stage.name for stage in self.stages]
-        write_status(self.dir, "running", stages={name: status(self.dir / "stages" / name).get("status", "planned")
-                                                  for name in names})
+        write_status(
+            self.dir,
+            "running",
+            stages={name: status(self.dir / "stages" / name).get("status", "planned") for name in names},
+        )
         results = {}
         for stage in self.stages:
             try:
@@ -169,10 +172,17 @@ class Job:
 
 def comparison(results: dict[str, dict]) -> str:
     """A Markdown table of the stages' scalar test metrics, one column per stage."""
-    keys = [key for key in dict.fromkeys(k for metrics in results.values() for k in metrics)
-            if all(isinstance(m.get(key), (int, float)) or m.get(key) is None for m in results.values())]
-    lines = ["# tessera multi-stage report", "", "| metric | " + " | ".join(results) + " |",
-             "|---|" + "---|" * len(results)]
+    keys = [
+        key
+        for key in dict.fromkeys(k for metrics in results.values() for k in metrics)
+        if all(isinstance(m.get(key), (int, float)) or m.get(key) is None for m in results.values())
+    ]
+    lines = [
+        "# tessera multi-stage report",
+        "",
+        "| metric | " + " | ".join(results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
     for key in keys:
         cells = [results[name].get(key) for name in results]
         lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")

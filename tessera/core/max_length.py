@@ -65,7 +65,11 @@ def resolve_max_length(run, train: list[dict]) -> int:
     capped = f", capped from {found}" if chosen < found else ""
     log.info(
         "max_length auto: %d tokens (%dth percentile of %d training texts%s, model limit %s)",
-        chosen, PERCENTILE, len(texts), capped, limit or "unknown",
+        chosen,
+        PERCENTILE,
+        len(texts),
+        capped,
+        limit or "unknown",
     )
     cfg.data.max_length = chosen
     for relative in SAVED_CONFIGS:

@@ -98,8 +98,13 @@ def _new_head(path, task: str, labels: list[str]) -> dict:
     if saved.num_labels == len(labels):
         return {}
     if any(name.endswith("ForSequenceClassification") for name in saved.architectures or []):
-        log.warning("%s has a %d-label head and the data has %d labels (%s): its encoder is kept, the head starts "
-                    "anew", path, saved.num_labels, len(labels), ", ".join(labels))
+        log.warning(
+            "%s has a %d-label head and the data has %d labels (%s): its encoder is kept, the head starts anew",
+            path,
+            saved.num_labels,
+            len(labels),
+            ", ".join(labels),
+        )
     return {"ignore_mismatched_sizes": True}
 
 

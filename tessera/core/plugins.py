@@ -87,9 +87,7 @@ class Plugins:
                     f"installed plugins are {', '.join(sorted(self.infos))}"
                 )
         admitted = {
-            name: obj
-            for name, obj in self._objects.items()
-            if _admitted(name, self.infos[name].builtin, allow, block)
+            name: obj for name, obj in self._objects.items() if _admitted(name, self.infos[name].builtin, allow, block)
         }
         return _build(admitted, self.infos, list(self.failures))
 

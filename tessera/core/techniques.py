@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from tessera.core.run import Composition, Run
 
+
 @dataclass
 class TechniqueConfig:
     """Parameters of a technique that takes none; technique configs subclass it."""
@@ -214,34 +215,75 @@ def _graph_loader_base() -> type:
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        Family("objective", Objective, "tessera_objectives",
-               "An objective turns a batch into a loss and declares the model head it trains (``Objective.task``). "
-               "Several objectives in one run are summed with their ``weight``.", default="classification"),
-        Family("adapter", Adapter, "tessera_adapters",
-               "An adapter transforms the model before training (LoRA, freezing...) and knows how to export it "
-               "merged and, where it can, unmerged. ``adapter=none`` selects no adapter: full fine-tuning.",
-               default="lora"),
-        Family("augment", Augmenter, "tessera_augmenters",
-               "An augmenter maps training examples to training examples, deterministically from a seed."),
-        Family("adversary", Adversary, "tessera_adversaries",
-               "An adversary owns the backward seam of a training step (FGM, PGD, FreeLB...). At most one adversary "
-               "is active in a run."),
-        Family("compress", Compressor, "tessera_compressors",
-               "A compressor transforms a trained model (pruning, quantization...). tessera has no compression "
-               "engine yet: selecting a compressor is refused.", engine=False),
-        Family("ensemble", Ensembler, "tessera_ensemblers",
-               "An ensembler combines several trained models or their outputs. tessera has no ensemble engine yet: "
-               "selecting an ensembler is refused.", engine=False),
-        Family("kg", KGRetriever, "tessera_kg_retrievers",
-               "A retriever maps text to knowledge-graph facts and injects them into the examples (and may attach "
-               "knowledge to the model)."),
-        Family("aggregator", Aggregator, "tessera_aggregators",
-               "An aggregator combines client updates into a new global model. tessera has no federated engine "
-               "yet: selecting an aggregator is refused.", engine=False),
-        Family("kg_loader", _graph_loader_base(), "tessera_kg_loaders",
-               "A graph loader is a source of knowledge graphs, named ``NAME`` or ``NAME:ARGUMENT`` by the ``graph`` "
-               "parameter of the ``kg`` techniques and by ``tessera kg``; its ``load()`` returns a "
-               ":class:`~tessera.graphs.store.KnowledgeGraph`.", default=None),
+        Family(
+            "objective",
+            Objective,
+            "tessera_objectives",
+            "An objective turns a batch into a loss and declares the model head it trains (``Objective.task``). "
+            "Several objectives in one run are summed with their ``weight``.",
+            default="classification",
+        ),
+        Family(
+            "adapter",
+            Adapter,
+            "tessera_adapters",
+            "An adapter transforms the model before training (LoRA, freezing...) and knows how to export it "
+            "merged and, where it can, unmerged. ``adapter=none`` selects no adapter: full fine-tuning.",
+            default="lora",
+        ),
+        Family(
+            "augment",
+            Augmenter,
+            "tessera_augmenters",
+            "An augmenter maps training examples to training examples, deterministically from a seed.",
+        ),
+        Family(
+            "adversary",
+            Adversary,
+            "tessera_adversaries",
+            "An adversary owns the backward seam of a training step (FGM, PGD, FreeLB...). At most one adversary "
+            "is active in a run.",
+        ),
+        Family(
+            "compress",
+            Compressor,
+            "tessera_compressors",
+            "A compressor transforms a trained model (pruning, quantization...). tessera has no compression "
+            "engine yet: selecting a compressor is refused.",
+            engine=False,
+        ),
+        Family(
+            "ensemble",
+            Ensembler,
+            "tessera_ensemblers",
+            "An ensembler combines several trained models or their outputs. tessera has no ensemble engine yet: "
+            "selecting an ensembler is refused.",
+            engine=False,
+        ),
+        Family(
+            "kg",
+            KGRetriever,
+            "tessera_kg_retrievers",
+            "A retriever maps text to knowledge-graph facts and injects them into the examples (and may attach "
+            "knowledge to the model).",
+        ),
+        Family(
+            "aggregator",
+            Aggregator,
+            "tessera_aggregators",
+            "An aggregator combines client updates into a new global model. tessera has no federated engine "
+            "yet: selecting an aggregator is refused.",
+            engine=False,
+        ),
+        Family(
+            "kg_loader",
+            _graph_loader_base(),
+            "tessera_kg_loaders",
+            "A graph loader is a source of knowledge graphs, named ``NAME`` or ``NAME:ARGUMENT`` by the ``graph`` "
+            "parameter of the ``kg`` techniques and by ``tessera kg``; its ``load()`` returns a "
+            ":class:`~tessera.graphs.store.KnowledgeGraph`.",
+            default=None,
+        ),
     )
 }
 

@@ -17,9 +17,9 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tessera.core import checkpoints
 from tessera.core.batching import batch_order, collate, model_inputs
@@ -27,7 +27,6 @@ from tessera.core.errors import ConfigError
 from tessera.core.run import Run
 
 log = logging.getLogger("tessera")
-
 
 
 @dataclass
@@ -287,12 +286,15 @@ class Trainer:
             "python_rng": random.getstate(),
             "config": config_fingerprint(self.run.cfg),
         }
-        checkpoints.write(final, {
-            checkpoints.TRAINABLE_FILE: save(self._trainable_state()),
-            checkpoints.OPTIMIZER_FILE: save(optimizer_tensors),
-            checkpoints.RNG_FILE: save(rng),
-            checkpoints.STATE_FILE: json.dumps(state).encode(),
-        })
+        checkpoints.write(
+            final,
+            {
+                checkpoints.TRAINABLE_FILE: save(self._trainable_state()),
+                checkpoints.OPTIMIZER_FILE: save(optimizer_tensors),
+                checkpoints.RNG_FILE: save(rng),
+                checkpoints.STATE_FILE: json.dumps(state).encode(),
+            },
+        )
         for old in self.checkpoints()[: -max(1, self.cfg.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -352,7 +354,9 @@ class Trainer:
         stored = {name: tuple(value.shape) for name, value in trainable.items()}
         if stored != shapes:
             differing = sorted(name for name in stored.keys() | shapes.keys() if stored.get(name) != shapes.get(name))
-            raise checkpoints.UnreadableCheckpoint(f"its trainable weights do not fit the model ({', '.join(differing[:3])})")
+            raise checkpoints.UnreadableCheckpoint(
+                f"its trainable weights do not fit the model ({', '.join(differing[:3])})"
+            )
 
     def _load(self, loaded: dict) -> None:
         import torch

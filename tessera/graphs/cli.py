@@ -77,8 +77,11 @@ def info(args, plugins) -> int:
 
     if args.source is None:
         classes = {spec.name: spec.cls for spec in plugins.registry.specs() if spec.family == "kg_loader"}
-        payload = {"loaders": [{"name": n, "summary": c.summary, "argument": c.argument_help}
-                               for n, c in sorted(classes.items())]}
+        payload = {
+            "loaders": [
+                {"name": n, "summary": c.summary, "argument": c.argument_help} for n, c in sorted(classes.items())
+            ]
+        }
         _print(payload, args.json, [f"{n:<12} {c.summary}" for n, c in sorted(classes.items())])
         return 0
     graph = load_graph(args.source, plugins)
@@ -93,8 +96,9 @@ def info(args, plugins) -> int:
         "aliases": len(graph.alias_names),
         "splits": {name: int(len(indices)) for name, indices in graph.splits.items()},
         "top_relations": [{"relation": r, "triples": int(n)} for r, n in counts[: args.top]],
-        "top_entities": [{"entity": graph.entities[i], "label": graph.labels[i], "degree": int(graph.degree[i])}
-                         for i in top],
+        "top_entities": [
+            {"entity": graph.entities[i], "label": graph.labels[i], "degree": int(graph.degree[i])} for i in top
+        ],
         "cache": str(cache_dir(resolve(args.source, plugins))),
     }
     lines = [
@@ -156,9 +160,15 @@ def query(args, plugins) -> int:
         from tessera.graphs.embeddings import TrainedEmbeddings
 
         embeddings = TrainedEmbeddings.load(args.embeddings).entities
-    retriever = Retriever(graph, hops=args.hops, relations=args.relation, max_facts=args.max_facts,
-                          ranking=args.ranking, embeddings=embeddings,
-                          linker=EntityLinker(graph, disambiguation=args.disambiguation) if args.text else None)
+    retriever = Retriever(
+        graph,
+        hops=args.hops,
+        relations=args.relation,
+        max_facts=args.max_facts,
+        ranking=args.ranking,
+        embeddings=embeddings,
+        linker=EntityLinker(graph, disambiguation=args.disambiguation) if args.text else None,
+    )
     result = retriever.retrieve(args.text, args.entity)
     unknown = [key for key in args.entity if graph.entity_id(key) is None]
     lines = [f"linked: {', '.join(f'{m.text} -> {m.key}' for m in result.mentions) or 'nothing'}"] if args.text else []
@@ -172,22 +182,43 @@ def embed(args, plugins) -> int:
     from tessera.graphs.embeddings import KGEConfig, embeddings_path, train_embeddings
     from tessera.graphs.loaders import load_graph
 
-    config = KGEConfig(model=args.model, dim=args.dim, epochs=args.epochs, batch_size=args.batch_size,
-                       learning_rate=args.lr, negatives=args.negatives, loss=args.loss, encoder=args.encoder,
-                       seed=args.seed, threads=args.threads)
+    config = KGEConfig(
+        model=args.model,
+        dim=args.dim,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        negatives=args.negatives,
+        loss=args.loss,
+        encoder=args.encoder,
+        seed=args.seed,
+        threads=args.threads,
+    )
     config.check()
     graph = load_graph(args.source, plugins)
     evaluate = args.evaluate or ("test" if "test" in graph.splits else "none")
     evaluate = None if evaluate == "none" else evaluate
-    trained = train_embeddings(graph, config, evaluate=evaluate,
-                               log=None if args.json else lambda line: print(line, flush=True))
+    trained = train_embeddings(
+        graph, config, evaluate=evaluate, log=None if args.json else lambda line: print(line, flush=True)
+    )
     path = trained.save(args.out or embeddings_path(args.source, config, plugins))
-    payload = {"graph": graph.name, "model": config.model, "dim": config.dim, "epochs": config.epochs,
-               "seconds": round(trained.seconds, 3), "metrics": trained.metrics, "embeddings": str(path)}
-    lines = [f"trained {config.model} (dim {config.dim}, {config.epochs} epochs) on {graph.name} in "
-             f"{trained.seconds:.1f} s; embeddings: {path}"]
+    payload = {
+        "graph": graph.name,
+        "model": config.model,
+        "dim": config.dim,
+        "epochs": config.epochs,
+        "seconds": round(trained.seconds, 3),
+        "metrics": trained.metrics,
+        "embeddings": str(path),
+    }
+    lines = [
+        f"trained {config.model} (dim {config.dim}, {config.epochs} epochs) on {graph.name} in "
+        f"{trained.seconds:.1f} s; embeddings: {path}"
+    ]
     if trained.metrics:
-        lines += [f"{side:>5}: " + "  ".join(f"{k} {v:.4f}" for k, v in trained.metrics[side].items())
-                  for side in ("both", "head", "tail")]
+        lines += [
+            f"{side:>5}: " + "  ".join(f"{k} {v:.4f}" for k, v in trained.metrics[side].items())
+            for side in ("both", "head", "tail")
+        ]
     _print(payload, args.json, lines)
     return 0

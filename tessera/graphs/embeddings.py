@@ -71,8 +71,11 @@ class KGEConfig:
 
     def check(self) -> None:
         """Raise :class:`GraphError` for an unknown model, loss or encoder, or a non-positive size."""
-        for value, valid, what in ((self.model, MODELS, "model"), (self.encoder, ENCODERS, "encoder"),
-                                   (self.loss, ("default", *LOSSES), "loss")):
+        for value, valid, what in (
+            (self.model, MODELS, "model"),
+            (self.encoder, ENCODERS, "encoder"),
+            (self.loss, ("default", *LOSSES), "loss"),
+        ):
             if value not in valid:
                 raise GraphError(f"unknown KGE {what} {value!r}: choose one of {', '.join(valid)}")
         if min(self.dim, self.epochs, self.batch_size, self.negatives, self.threads) < 1:
@@ -105,11 +108,20 @@ class TrainedEmbeddings:
         from tessera.core.files import write_text
 
         path = Path(path)
-        header = {"format": EMBEDDINGS_FORMAT, "graph": self.graph, "config": asdict(self.config),
-                  "metrics": self.metrics, "seconds": self.seconds}
+        header = {
+            "format": EMBEDDINGS_FORMAT,
+            "graph": self.graph,
+            "config": asdict(self.config),
+            "metrics": self.metrics,
+            "seconds": self.seconds,
+        }
         buffer = io.BytesIO()
-        np.savez(buffer, entities=self.entities, relations=self.relations,
-                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+        np.savez(
+            buffer,
+            entities=self.entities,
+            relations=self.relations,
+            header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+        )
         partial = path.with_name(f".{path.name}.partial")
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(buffer.getvalue())
@@ -126,8 +138,9 @@ class TrainedEmbeddings:
                 entities, relations = data["entities"], data["relations"]
         except (OSError, KeyError, ValueError) as error:
             raise GraphError(f"{path} is not an embeddings file written by `tessera kg embed` ({error})") from None
-        return cls(header["graph"], KGEConfig(**header["config"]), entities, relations, header["metrics"],
-                   header["seconds"])
+        return cls(
+            header["graph"], KGEConfig(**header["config"]), entities, relations, header["metrics"], header["seconds"]
+        )
 
 
 class _Scorer:
@@ -180,8 +193,9 @@ class _Scorer:
         if self.encoder is None:
             return self.model(heads, relations, tails)
         entities = self.entity_matrix() if entities is None else entities
-        tables = dict(zip((f"{name}.weight" for name in self.entity_tables),
-                          entities.chunk(len(self.entity_tables), dim=-1)))
+        tables = dict(
+            zip((f"{name}.weight" for name in self.entity_tables), entities.chunk(len(self.entity_tables), dim=-1))
+        )
         return functional_call(self.model, tables, (heads, relations, tails))
 
     def relation_matrix(self):
@@ -209,8 +223,9 @@ def _threads(count: int):
     return context()
 
 
-def train_embeddings(graph: KnowledgeGraph, config: KGEConfig | None = None, evaluate: str | None = "test",
-                     log=None) -> TrainedEmbeddings:
+def train_embeddings(
+    graph: KnowledgeGraph, config: KGEConfig | None = None, evaluate: str | None = "test", log=None
+) -> TrainedEmbeddings:
     """Train ``config.model`` on the training split of ``graph``; evaluate on split ``evaluate`` (None: skip).
 
     ``log`` (a callable) receives a line per tenth of the epochs.
@@ -299,8 +314,13 @@ def link_prediction(scorer: _Scorer, graph: KnowledgeGraph, split: str, batch_si
             pessimistic = (scores >= true_scores).sum(dim=1)
             ranks[side].append(((optimistic + pessimistic) / 2.0).numpy())
     head, tail = np.concatenate(ranks["head"]), np.concatenate(ranks["tail"])
-    return {"both": _rank_metrics(np.concatenate([head, tail])), "head": _rank_metrics(head),
-            "tail": _rank_metrics(tail), "triples": int(len(test)), "split": split}
+    return {
+        "both": _rank_metrics(np.concatenate([head, tail])),
+        "head": _rank_metrics(head),
+        "tail": _rank_metrics(tail),
+        "triples": int(len(test)),
+        "split": split,
+    }
 
 
 def _known(triples: np.ndarray) -> tuple[dict, dict]:

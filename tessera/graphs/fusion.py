@@ -151,14 +151,26 @@ def save_fusion(fusion, directory: Path, graph_source: str, linker: EntityLinker
 
     target = Path(directory) / FUSION_DIR
     target.mkdir(parents=True, exist_ok=True)
-    save_file({"projection.weight": fusion.projection.weight.detach().cpu().contiguous(),
-               "entities": fusion.entities.detach().cpu().contiguous()}, str(target / "fusion.safetensors"))
-    (target / "fusion.json").write_text(json.dumps({
-        "graph": graph_source,
-        "entities": int(fusion.entities.shape[0]),
-        "disambiguation": linker.disambiguation,
-        "lemmatize": linker.lemmatize,
-    }, indent=2) + "\n", encoding="utf-8")
+    save_file(
+        {
+            "projection.weight": fusion.projection.weight.detach().cpu().contiguous(),
+            "entities": fusion.entities.detach().cpu().contiguous(),
+        },
+        str(target / "fusion.safetensors"),
+    )
+    (target / "fusion.json").write_text(
+        json.dumps(
+            {
+                "graph": graph_source,
+                "entities": int(fusion.entities.shape[0]),
+                "disambiguation": linker.disambiguation,
+                "lemmatize": linker.lemmatize,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return target
 
 
@@ -181,8 +193,11 @@ def load_fused(export_dir: Path, plugins, auto_class: str = "AutoModelForSequenc
     tensors = load_file(str(export_dir / FUSION_DIR / "fusion.safetensors"))
     model = getattr(transformers, auto_class).from_pretrained(export_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
-    linker = EntityLinker(load_graph(settings["graph"], plugins), disambiguation=settings["disambiguation"],
-                          lemmatize=settings["lemmatize"])
+    linker = EntityLinker(
+        load_graph(settings["graph"], plugins),
+        disambiguation=settings["disambiguation"],
+        lemmatize=settings["lemmatize"],
+    )
     attach_fusion(model, tokenizer, linker, tensors["entities"].numpy())
     fusion_of(model).projection.weight.data.copy_(tensors["projection.weight"])
     return model, tokenizer

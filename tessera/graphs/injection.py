@@ -14,8 +14,8 @@ The same injector serves training, evaluation and serving: :meth:`TextInjector.i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tessera.graphs.retrieval import Retriever
 from tessera.graphs.store import GraphError

@@ -100,11 +100,14 @@ class EntityLinker:
         """``(entity, prior)`` pairs best first, by the disambiguation criterion, then the other, then id."""
         degree = self.graph.degree
         if self.disambiguation == "prior":
+
             def rank(item):
                 return (-item[1], -degree[item[0]], item[0])
         else:
+
             def rank(item):
                 return (-degree[item[0]], -item[1], item[0])
+
         return tuple(sorted(candidates, key=rank))
 
     @functools.cached_property

@@ -18,8 +18,15 @@ from urllib.parse import quote, unquote
 from tessera.graphs.store import GraphError, KnowledgeGraph, check_memory
 
 #: Format names by file suffix, and the name rdflib uses for each.
-FORMATS = {".ttl": "turtle", ".nt": "nt", ".rdf": "xml", ".owl": "xml", ".xml": "xml", ".jsonld": "json-ld",
-           ".json": "json-ld"}
+FORMATS = {
+    ".ttl": "turtle",
+    ".nt": "nt",
+    ".rdf": "xml",
+    ".owl": "xml",
+    ".xml": "xml",
+    ".jsonld": "json-ld",
+    ".json": "json-ld",
+}
 #: Rough bytes of file per triple, by format: to estimate a file's triples before parsing it.
 _FILE_BYTES_PER_TRIPLE = {"turtle": 40, "nt": 100, "xml": 80, "json-ld": 80}
 #: Peak memory per triple of parsing through rdflib and converting (measured on GO as N-Triples: 1,470 bytes for
@@ -32,8 +39,15 @@ _ABSOLUTE_IRI = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|urn:|mailto:|tag:)")
 def rdf_format(path: Path, fmt: str | None = None) -> str:
     """rdflib's name of the format of ``path`` (from ``fmt`` or the file suffix)."""
     if fmt:
-        aliases = {"ttl": "turtle", "n-triples": "nt", "ntriples": "nt", "rdfxml": "xml", "rdf/xml": "xml",
-                   "jsonld": "json-ld", "json": "json-ld"}
+        aliases = {
+            "ttl": "turtle",
+            "n-triples": "nt",
+            "ntriples": "nt",
+            "rdfxml": "xml",
+            "rdf/xml": "xml",
+            "jsonld": "json-ld",
+            "json": "json-ld",
+        }
         fmt = aliases.get(fmt.lower(), fmt.lower())
         if fmt not in _FILE_BYTES_PER_TRIPLE:
             raise GraphError(f"unknown RDF format {fmt!r}: choose turtle, nt, xml or json-ld")
@@ -163,8 +177,12 @@ def to_rdflib(graph: KnowledgeGraph):
     from rdflib import Literal
     from rdflib.namespace import RDFS, SKOS
 
-    check_memory(graph.num_triples + graph.num_entities, 0, f"graph {graph.name} as rdflib",
-                 bytes_per_triple=RDFLIB_BYTES_PER_TRIPLE)
+    check_memory(
+        graph.num_triples + graph.num_entities,
+        0,
+        f"graph {graph.name} as rdflib",
+        bytes_per_triple=RDFLIB_BYTES_PER_TRIPLE,
+    )
     rdf_graph = rdflib.Graph()
     rdf_graph.bind("rdfs", RDFS)
     rdf_graph.bind("skos", SKOS)

@@ -148,7 +148,6 @@ class Retriever:
         ranks = personalized_pagerank(nodes, heads, tails, seeds, self.damping)
         return ranks[np.searchsorted(nodes, heads)] + ranks[np.searchsorted(nodes, tails)]
 
-
     def _similarity(self, seeds: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
         """Per fact, the best cosine similarity between the seeds' mean embedding and a fact end that is not a
         seed (1 for a fact between two seeds)."""
@@ -173,7 +172,11 @@ def _first_of_each_pair(triples: np.ndarray) -> np.ndarray:
 
 
 def personalized_pagerank(
-    nodes: np.ndarray, heads: np.ndarray, tails: np.ndarray, seeds: np.ndarray, damping: float = 0.85,
+    nodes: np.ndarray,
+    heads: np.ndarray,
+    tails: np.ndarray,
+    seeds: np.ndarray,
+    damping: float = 0.85,
     iterations: int = 30,
 ) -> np.ndarray:
     """PageRank of the undirected subgraph ``heads[i] -- tails[i]`` over sorted ``nodes``, restarting at ``seeds``.

@@ -7,7 +7,9 @@ _WRITER_KEY = "tensorboard.writer"
 
 
 def _scalars(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        key: value for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def _writer(run):

@@ -67,8 +67,11 @@ class Victim:
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(
-                    texts[start : start + self.batch_size], truncation=True, max_length=self.max_length,
-                    padding=True, return_tensors="pt",
+                    texts[start : start + self.batch_size],
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
                 ).to(self.model.device)
                 chunks.append(torch.softmax(self.model(**batch).logits.float(), -1).double().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.num_labels))
@@ -95,8 +98,13 @@ class SentenceEncoder:
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start : start + self.batch_size], truncation=True, max_length=128,
-                                       padding=True, return_tensors="pt")
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    truncation=True,
+                    max_length=128,
+                    padding=True,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
@@ -238,9 +246,7 @@ def summarize(results: list[AttackResult]) -> dict:
         "clean_accuracy": correct_clean / total if total else None,
         "accuracy_under_attack": correct_attacked / total if total else None,
         "attack_success_rate": successes / (successes + failures) if successes + failures else None,
-        "mean_perturbed_share": (
-            sum(r.perturbed / r.words for r in succeeded) / len(succeeded) if succeeded else None
-        ),
+        "mean_perturbed_share": (sum(r.perturbed / r.words for r in succeeded) / len(succeeded) if succeeded else None),
         "mean_queries": sum(r.queries for r in results) / total if total else None,
         "successes": successes,
         "failures": failures,

@@ -28,7 +28,9 @@ def parse(argv: list[str]) -> tuple[Path, AttackConfig]:
 
     positional = [arg for arg in argv if "=" not in arg]
     if len(positional) != 1:
-        raise ConfigError("usage: tessera eval RUN_DIR [attack=synonym|charnoise|synonym,charnoise|none] [key=value ...]")
+        raise ConfigError(
+            "usage: tessera eval RUN_DIR [attack=synonym|charnoise|synonym,charnoise|none] [key=value ...]"
+        )
     try:
         options = OmegaConf.merge(
             OmegaConf.structured(AttackConfig), OmegaConf.from_dotlist([arg for arg in argv if "=" in arg])

@@ -25,8 +25,21 @@ STOP_WORDS = frozenset(
 #: The default protected words: negations, which flip the sentiment of what follows. An entry that starts with an
 #: apostrophe protects every word ending in it ("n't" protects "isn't", "don't"...).
 NEGATIONS = (
-    "not", "no", "never", "nor", "neither", "none", "nobody", "nothing", "nowhere", "cannot", "without",
-    "hardly", "barely", "scarcely", "'n't",
+    "not",
+    "no",
+    "never",
+    "nor",
+    "neither",
+    "none",
+    "nobody",
+    "nothing",
+    "nowhere",
+    "cannot",
+    "without",
+    "hardly",
+    "barely",
+    "scarcely",
+    "'n't",
 )
 
 

@@ -23,8 +23,12 @@ def _overrides(args) -> list[str]:
 
 
 def _settings_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
-                        help="serve settings (dtype=float32, max_num_seqs=16...; see docs/serving.md)")
+    parser.add_argument(
+        "settings",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="serve settings (dtype=float32, max_num_seqs=16...; see docs/serving.md)",
+    )
 
 
 def _interrupt(signum, frame):
@@ -44,9 +48,9 @@ def _signals(handler):
 
 def serve(argv: list[str]) -> int:
     """``tessera serve RUN_DIR|MODEL_DIR [--host H] [--port P] [--api-key K] [KEY=VALUE...]``."""
+    from tessera.core.plugins import discover
     from tessera.serving.launcher import VllmServer
     from tessera.serving.settings import load_settings
-    from tessera.core.plugins import discover
     from tessera.serving.target import ROUTES, ServeError, resolve, run_config
 
     parser = _Parser(prog="tessera serve", description="Serve a run's export through vLLM's OpenAI-compatible API.")
@@ -67,8 +71,11 @@ def serve(argv: list[str]) -> int:
     try:
         with _signals(_interrupt):  # Ctrl-C and SIGTERM stop the server the same way
             server.start()
-            print(f"tessera serve: ready at {server.url} models: {', '.join(server.models())} "
-                  f"({ROUTES[target.kind]}; GET /metrics); Ctrl-C stops", flush=True)
+            print(
+                f"tessera serve: ready at {server.url} models: {', '.join(server.models())} "
+                f"({ROUTES[target.kind]}; GET /metrics); Ctrl-C stops",
+                flush=True,
+            )
             status = server.wait()
         raise ServeError(f"vLLM stopped by itself (exit status {status}): run with --verbose to see why")
     except KeyboardInterrupt:
@@ -86,14 +93,19 @@ def predict(argv: list[str]) -> int:
 
     from tessera.serving.predict import predict_file
 
-    parser = _Parser(prog="tessera predict",
-                     description="Batch inference on a file (.txt, .csv, .jsonl) through vLLM's offline API.")
+    parser = _Parser(
+        prog="tessera predict", description="Batch inference on a file (.txt, .csv, .jsonl) through vLLM's offline API."
+    )
     parser.add_argument("path", help="a run directory, its export/, or a model directory")
     parser.add_argument("file", type=Path, help="inputs: .txt (one per line), .csv or .jsonl (a text column)")
     parser.add_argument("--output", type=Path, help="where to write (default: FILE's stem + .predictions.jsonl)")
     parser.add_argument("--text-column", default="text", help="the input column of a .csv / .jsonl file")
-    parser.add_argument("--engine", choices=("auto", "vllm", "transformers"), default="auto",
-                        help="auto: vLLM when installed, else transformers")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "vllm", "transformers"),
+        default="auto",
+        help="auto: vLLM when installed, else transformers",
+    )
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per generation")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--chat", action="store_true", help="send each input as a user message (chat template)")
@@ -102,8 +114,15 @@ def predict(argv: list[str]) -> int:
     try:
         with _signals(_interrupt):  # SIGTERM, like Ctrl-C, stops the vLLM subprocess and removes its files
             output, engine, count = predict_file(
-                args.path, args.file, output=args.output, text_column=args.text_column, engine=args.engine,
-                max_tokens=args.max_tokens, temperature=args.temperature, chat=args.chat, overrides=args.settings,
+                args.path,
+                args.file,
+                output=args.output,
+                text_column=args.text_column,
+                engine=args.engine,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                chat=args.chat,
+                overrides=args.settings,
             )
     except KeyboardInterrupt:
         print("tessera predict: interrupted, nothing written", file=sys.stderr)

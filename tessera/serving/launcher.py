@@ -109,8 +109,17 @@ def server_command(target: ServeTarget, settings: ServeConfig, port: int) -> lis
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     for key, value in engine_arguments(target, settings).items():
         command += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    command += ["--served-model-name", target.name, "--host", settings.host, "--port", str(port),
-                "--middleware", MIDDLEWARE, "--disable-uvicorn-access-log"]
+    command += [
+        "--served-model-name",
+        target.name,
+        "--host",
+        settings.host,
+        "--port",
+        str(port),
+        "--middleware",
+        MIDDLEWARE,
+        "--disable-uvicorn-access-log",
+    ]
     if target.adapters:
         command += ["--lora-modules", *(f"{name}={path}" for name, path in target.adapters.items())]
     return command + list(settings.extra_args)
@@ -195,8 +204,13 @@ class VllmServer:
         if self.target.has_knowledge:
             env["TESSERA_SERVE_RUN_DIR"] = str(self.target.run_dir)
         self.process = subprocess.Popen(
-            server_command(self.target, self.settings, self.port), env=env, cwd=self.scratch,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            server_command(self.target, self.settings, self.port),
+            env=env,
+            cwd=self.scratch,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read_output, name="vllm-output", daemon=True)
         self._reader.start()

@@ -31,10 +31,20 @@ from tessera.serving.launcher import LOG_PREFIX
 #: Routes that answer without an API key and are neither logged nor counted (probes and scrapes).
 OPEN_ROUTES = ("/health", "/ping", "/version", "/metrics", "/load")
 #: Routes counted under their own name in the metrics; anything else is counted as ``other``.
-NAMED_ROUTES = frozenset({
-    "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/embeddings", "/classify", "/pooling",
-    "/score", "/rerank", "/tokenize", "/detokenize",
-})
+NAMED_ROUTES = frozenset(
+    {
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/embeddings",
+        "/classify",
+        "/pooling",
+        "/score",
+        "/rerank",
+        "/tokenize",
+        "/detokenize",
+    }
+)
 
 
 @functools.cache
@@ -44,8 +54,10 @@ def _metrics():
 
     requests = Counter("tessera_requests", "Requests through tessera serve", ["method", "route", "status"])
     latency = Histogram(
-        "tessera_request_duration_seconds", "Latency of requests through tessera serve, to the last byte",
-        ["route"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        "tessera_request_duration_seconds",
+        "Latency of requests through tessera serve, to the last byte",
+        ["route"],
+        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
     )
     return requests, latency
 
@@ -123,14 +135,23 @@ class TesseraMiddleware:
         latency.labels(route).observe(seconds)
         if self.log_requests:
             stamp = time.strftime("%H:%M:%S")
-            print(f"{LOG_PREFIX}{stamp} {scope['method']} {scope['path']} {status} {seconds * 1000:.1f} ms "
-                  f"(request {self.count})", file=sys.stdout, flush=True)
+            print(
+                f"{LOG_PREFIX}{stamp} {scope['method']} {scope['path']} {status} {seconds * 1000:.1f} ms "
+                f"(request {self.count})",
+                file=sys.stdout,
+                flush=True,
+            )
 
     @staticmethod
     async def _reply(send, status: int, payload: dict) -> None:
         body = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

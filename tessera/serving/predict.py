@@ -58,15 +58,23 @@ def _vllm_results(target: ServeTarget, settings, texts: list[str], options: dict
         engine = {**engine_arguments(target, settings), "seed": 0}
         length = _truncation(target)
         spec = {
-            "engine": engine, "kind": target.kind, "texts": texts, "result": str(scratch / "result.json"),
+            "engine": engine,
+            "kind": target.kind,
+            "texts": texts,
+            "result": str(scratch / "result.json"),
             "adapter": next(([name, str(path)] for name, path in target.adapters.items()), None),
-            "tokenization": {"truncation": True, "max_length": length} if length else None, **options,
+            "tokenization": {"truncation": True, "max_length": length} if length else None,
+            **options,
         }
         (scratch / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         process = subprocess.Popen(
             [sys.executable, "-m", "tessera.serving.offline", str(scratch / "spec.json")],
-            env=vllm_environment(scratch, settings), cwd=scratch, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            env=vllm_environment(scratch, settings),
+            cwd=scratch,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             output, _ = process.communicate()
@@ -103,8 +111,9 @@ def _transformers_results(target: ServeTarget, settings, texts: list[str], optio
         if target.kind == "classify":
             length = _truncation(target)
             for start in range(0, len(texts), 32):
-                batch = tokenizer(texts[start:start + 32], truncation=True, max_length=length, padding=True,
-                                  return_tensors="pt")
+                batch = tokenizer(
+                    texts[start : start + 32], truncation=True, max_length=length, padding=True, return_tensors="pt"
+                )
                 results += torch.softmax(model(**batch).logits.float(), dim=-1).tolist()
             return results
         if tokenizer.pad_token is None:
@@ -112,17 +121,26 @@ def _transformers_results(target: ServeTarget, settings, texts: list[str], optio
         tokenizer.padding_side = "left"
         prompts = texts
         if options["chat"]:
-            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                     add_generation_prompt=True) for text in texts]
-        sampling = {"do_sample": True, "temperature": options["temperature"]} if options["temperature"] > 0 else {
-            "do_sample": False}
+            prompts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+                )
+                for text in texts
+            ]
+        sampling = (
+            {"do_sample": True, "temperature": options["temperature"]}
+            if options["temperature"] > 0
+            else {"do_sample": False}
+        )
         torch.manual_seed(0)
         for start in range(0, len(prompts), 8):
-            batch = tokenizer(prompts[start:start + 8], padding=True, return_tensors="pt",
-                              add_special_tokens=not options["chat"])
-            generated = model.generate(**batch, max_new_tokens=options["max_tokens"],
-                                       pad_token_id=tokenizer.pad_token_id, **sampling)
-            results += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            batch = tokenizer(
+                prompts[start : start + 8], padding=True, return_tensors="pt", add_special_tokens=not options["chat"]
+            )
+            generated = model.generate(
+                **batch, max_new_tokens=options["max_tokens"], pad_token_id=tokenizer.pad_token_id, **sampling
+            )
+            results += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return results
 
 
@@ -143,8 +161,10 @@ def _rows(target: ServeTarget, texts: list[str], inputs: list[str], results: lis
     if target.kind == "classify":
         config = json.loads((target.model_dir / "config.json").read_text(encoding="utf-8"))
         names = [config.get("id2label", {}).get(str(i), f"LABEL_{i}") for i in range(len(results[0]))]
-        rows = [{"text": text, "label": names[max(range(len(p)), key=p.__getitem__)],
-                 "probabilities": dict(zip(names, p))} for text, p in zip(texts, results)]
+        rows = [
+            {"text": text, "label": names[max(range(len(p)), key=p.__getitem__)], "probabilities": dict(zip(names, p))}
+            for text, p in zip(texts, results)
+        ]
     else:
         rows = [{"prompt": text, "completion": completion} for text, completion in zip(texts, results)]
     if inputs != texts:
@@ -153,9 +173,17 @@ def _rows(target: ServeTarget, texts: list[str], inputs: list[str], results: lis
     return rows
 
 
-def predict_file(path, file: Path, output: Path | None = None, text_column: str = "text", engine: str = "auto",
-                 max_tokens: int = 64, temperature: float = 0.0, chat: bool = False,
-                 overrides: list[str] = ()) -> tuple[Path, str, int]:
+def predict_file(
+    path,
+    file: Path,
+    output: Path | None = None,
+    text_column: str = "text",
+    engine: str = "auto",
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    chat: bool = False,
+    overrides: list[str] = (),
+) -> tuple[Path, str, int]:
     """Predict every text of ``file`` with the model of ``path``; ``(output file, engine used, count)``."""
     from tessera.core.plugins import discover
     from tessera.serving.settings import load_settings

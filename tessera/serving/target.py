@@ -187,8 +187,10 @@ def _knowledge_notes(cfg, plugins) -> tuple[str, ...]:
     notes = []
     for name in cfg.get("kg") or {}:
         if plugins.registry.get("kg", name).cls.attach is not KGRetriever.attach:
-            notes.append(f"kg={name} changes the model at run time, which vLLM does not serve: predictions differ "
-                         "from the run's test metrics (see the export's README)")
+            notes.append(
+                f"kg={name} changes the model at run time, which vLLM does not serve: predictions differ "
+                "from the run's test metrics (see the export's README)"
+            )
         else:
             notes.append(f"kg={name} enriches every input before vLLM sees it, as in training")
     return tuple(notes)
@@ -230,16 +232,23 @@ def _from_run_export(run_dir: Path, name: str | None, merged: bool) -> ServeTarg
     else:
         bases = {_adapter_base(path) for path in adapters.values()}
         base = next(iter(bases)) if len(bases) == 1 else None
-        problems = [f"{name}: {problem}" for name, path in adapters.items()
-                    if (problem := _adapter_problem(path, base))]
+        problems = [
+            f"{name}: {problem}" for name, path in adapters.items() if (problem := _adapter_problem(path, base))
+        ]
         why = "the adapters have different base models" if len(bases) > 1 else "; ".join(problems)
         if not why:
             check_head_dim(base)
             note = f"LoRA adapters {listed} served as named models on the base model {cfg.model.name}"
             return ServeTarget(base, kind, name or cfg.model.name, adapters, run_dir, cfg, (note,))
     check_head_dim(export)
-    return ServeTarget(export, kind, run_name, run_dir=run_dir, run_cfg=cfg,
-                       notes=(f"adapters {listed} served merged into the export ({why})",))
+    return ServeTarget(
+        export,
+        kind,
+        run_name,
+        run_dir=run_dir,
+        run_cfg=cfg,
+        notes=(f"adapters {listed} served merged into the export ({why})",),
+    )
 
 
 def resolve(path: Path | str, plugins, name: str | None = None, merged: bool = False) -> ServeTarget:

@@ -17,9 +17,12 @@ def main(argv: list[str]) -> int:
     ``path`` prints the directory of each named, checked asset.
     """
     summaries = "\n".join(f"  {asset.name:14} {asset.summary}" for asset in CATALOGUE.values())
-    parser = argparse.ArgumentParser(prog="tessera assets", description="Manage the offline assets.",
-                                     epilog=f"assets:\n{summaries}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tessera assets",
+        description="Manage the offline assets.",
+        epilog=f"assets:\n{summaries}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", nargs="?", default="list", choices=("fetch", "verify", "list", "path"))
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {', '.join(ASSET_NAMES)}")
     parser.add_argument("--force", action="store_true", help="fetch: rebuild assets that are already present")

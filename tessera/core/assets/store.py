@@ -118,8 +118,13 @@ def install(name: str, build: Callable[[Path], None]) -> int:
             if path.is_file()
         }
         asset = known(name)
-        manifest = {"name": name, "source": str(asset.source), "format": asset.format, "digest": digest(files),
-                    "files": files}
+        manifest = {
+            "name": name,
+            "source": str(asset.source),
+            "format": asset.format,
+            "digest": digest(files),
+            "files": files,
+        }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         old = final.parent / f".{name}-old-{os.getpid()}"
         if final.exists():

@@ -74,8 +74,10 @@ def resolve(source: str, plugins) -> GraphLoader:
     if name not in names:
         if "rdf" in names and (Path(source).suffix or "/" in source):
             return plugins.registry.get("kg_loader", "rdf").cls(source)
-        raise GraphError(f"unknown graph source {source!r}: choose one of {', '.join(names)} "
-                         "(NAME or NAME:ARGUMENT, or a path to an RDF file)")
+        raise GraphError(
+            f"unknown graph source {source!r}: choose one of {', '.join(names)} "
+            "(NAME or NAME:ARGUMENT, or a path to an RDF file)"
+        )
     return plugins.registry.get("kg_loader", name).cls(argument or None)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tessera.graphs.loaders import GraphLoader
-from tessera.graphs.rdf import read_rdf, rdf_format
+from tessera.graphs.rdf import rdf_format, read_rdf
 from tessera.graphs.store import GraphError, KnowledgeGraph
 
 

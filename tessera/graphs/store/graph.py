@@ -185,9 +185,7 @@ class KnowledgeGraph:
 
     def fact_triples(self, edges) -> list[tuple[str, str, str]]:
         """``(head label, relation, tail label)`` of each edge id."""
-        return [
-            (self.labels[h], self.relations[r], self.labels[t]) for h, r, t in self.triples[np.asarray(edges, int)]
-        ]
+        return [(self.labels[h], self.relations[r], self.labels[t]) for h, r, t in self.triples[np.asarray(edges, int)]]
 
     def verbalize(self, edges) -> list[str]:
         """One short sentence per edge id: ``"<head label> <relation phrase> <tail label>"``."""
@@ -206,9 +204,7 @@ class KnowledgeGraph:
 
         view = nx.MultiDiGraph(name=self.name)
         view.add_nodes_from(range(self.num_entities))
-        view.add_edges_from(
-            (int(h), int(t), i, {"relation": int(r)}) for i, (h, r, t) in enumerate(self.triples)
-        )
+        view.add_edges_from((int(h), int(t), i, {"relation": int(r)}) for i, (h, r, t) in enumerate(self.triples))
         return view
 
     @functools.cached_property

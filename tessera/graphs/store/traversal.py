@@ -51,6 +51,8 @@ class Adjacency:
         lengths = self.indptr[nodes + 1] - starts
         positions = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         return self.neighbors[positions], self.edges[positions], self.forward[positions]
+
+
 class Scratch:
     """Per-thread work arrays of the vectorised hop of :meth:`Traversal.k_hop`, reused across calls so that a
     query costs time in proportion to its neighbourhood, not to the graph. A node (edge) is already reached when
@@ -71,6 +73,8 @@ class Scratch:
             self.edge_stamp[:] = 0
             self.generation = 1
         return self.generation
+
+
 def distinct(values: np.ndarray, mark: np.ndarray) -> np.ndarray:
     """``values`` without repeats, first occurrences kept in order; ``mark`` is scratch indexed by value.
 

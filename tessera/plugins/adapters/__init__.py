@@ -17,7 +17,20 @@ from tessera.plugins.adapters.lycoris import LoHa, LoKr
 from tessera.plugins.adapters.multi_lora import MultiLora
 from tessera.plugins.adapters.prefix import Prefix
 
-ADAPTERS = [Lora, Dora, MultiLora, AdaLora, IA3, LoHa, LoKr, Prefix, Freeze, LinearProbe, GradualUnfreeze, LayerwiseDecay]
+ADAPTERS = [
+    Lora,
+    Dora,
+    MultiLora,
+    AdaLora,
+    IA3,
+    LoHa,
+    LoKr,
+    Prefix,
+    Freeze,
+    LinearProbe,
+    GradualUnfreeze,
+    LayerwiseDecay,
+]
 
 
 @hookimpl

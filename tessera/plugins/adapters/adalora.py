@@ -40,8 +40,11 @@ class AdaLora(PeftAdapter):
 
     def validate(self, composition):
         config = self.config
-        if not (0 <= config.initial_fraction and 0 <= config.final_fraction
-                and config.initial_fraction + config.final_fraction < 1):
+        if not (
+            0 <= config.initial_fraction
+            and 0 <= config.final_fraction
+            and config.initial_fraction + config.final_fraction < 1
+        ):
             raise ConfigError(
                 "adapter.adalora.initial_fraction and final_fraction must be non-negative with a sum below 1 "
                 "(the rest of the steps is the budgeting phase)"

@@ -169,6 +169,8 @@ class PeftAdapter(Adapter):
                 notes.append(f"{where} cannot be served unmerged by vLLM ({'; '.join(problems)})")
             else:
                 served = self.name if name == "default" else name
-                notes.append(f"{where} is served unmerged by vLLM: --enable-lora --lora-modules {served}=export/{where}")
+                notes.append(
+                    f"{where} is served unmerged by vLLM: --enable-lora --lora-modules {served}=export/{where}"
+                )
         merged = "export/ holds the merged model, the one to serve" if self.mergeable else self.unmerged_only
         return f"{'; '.join(notes)}; {merged}."

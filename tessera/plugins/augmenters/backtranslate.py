@@ -96,8 +96,12 @@ class _SmolLM2Paraphraser:
             batch = self.tokenizer(prompts[start : start + self.config.batch_size], return_tensors="pt", padding=True)
             with torch.inference_mode():
                 generated = self.model.generate(
-                    **batch, max_new_tokens=self.config.max_new_tokens, do_sample=True,
-                    temperature=self.config.temperature, top_p=0.9, pad_token_id=self.tokenizer.pad_token_id,
+                    **batch,
+                    max_new_tokens=self.config.max_new_tokens,
+                    do_sample=True,
+                    temperature=self.config.temperature,
+                    top_p=0.9,
+                    pad_token_id=self.tokenizer.pad_token_id,
                 )
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             outputs += self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -125,9 +129,7 @@ class Backtranslate(TextAugmenter):
         super().validate(composition)
         translator, pivot = self.config.translator, self.config.pivot
         if translator not in TRANSLATORS:
-            raise ConfigError(
-                f"augment.backtranslate.translator={translator}: choose one of {', '.join(TRANSLATORS)}"
-            )
+            raise ConfigError(f"augment.backtranslate.translator={translator}: choose one of {', '.join(TRANSLATORS)}")
         if translator == "apertium" and not {f"eng-{pivot}", f"{pivot}-eng"} <= apertium_pairs():
             raise ConfigError(
                 f"augment=backtranslate needs Apertium's English <-> {pivot} pair, which is not installed: run "

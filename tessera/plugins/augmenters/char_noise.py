@@ -40,7 +40,8 @@ class CharNoise(TextAugmenter):
     def vary(self, text: str, rng, copy: int) -> str | None:
         words = Words(text)
         eligible = [
-            index for index, word in enumerate(words.list())
+            index
+            for index, word in enumerate(words.list())
             if len(word) >= self.config.min_word_length and word not in self.protected
         ]
         if not eligible:

@@ -47,8 +47,10 @@ class Eda(TextAugmenter):
             plan = enabled * (self.config.copies // max(1, len(enabled)) + 1)
             rng_for(seed, self.name, "plan", text).shuffle(plan)
             result.append(
-                [self.apply(operation, text, rng_for(seed, self.name, copy, text))
-                 for copy, operation in enumerate(plan[: self.config.copies])]
+                [
+                    self.apply(operation, text, rng_for(seed, self.name, copy, text))
+                    for copy, operation in enumerate(plan[: self.config.copies])
+                ]
             )
         return result
 

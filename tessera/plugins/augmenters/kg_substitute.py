@@ -53,7 +53,8 @@ class KgSubstitute(TextAugmenter):
             pos = guess_pos(listed, index)
             if pos in (NOUN, VERB):
                 options = {
-                    r: [w for w in related(word.lower(), pos, r) if w not in self.protected] for r in self.config.relations
+                    r: [w for w in related(word.lower(), pos, r) if w not in self.protected]
+                    for r in self.config.relations
                 }
                 if any(options.values()):
                     linked.append((index, options))

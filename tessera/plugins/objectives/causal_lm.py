@@ -16,8 +16,11 @@ def _requires_decoder(objective, composition) -> None:
     from tessera.core.models import is_decoder
 
     if not is_decoder(composition.cfg.model):
-        raise IncompatibleError(objective.label, f"model={composition.cfg.model.name}",
-                                "it trains a causal LM head: use a decoder such as model=smollm2")
+        raise IncompatibleError(
+            objective.label,
+            f"model={composition.cfg.model.name}",
+            "it trains a causal LM head: use a decoder such as model=smollm2",
+        )
 
 
 def shifted_loss(outputs, labels):
@@ -90,8 +93,9 @@ class Instruction(Objective):
         found = []
         for example in examples:
             prompt = self.prompt_ids(example, tokenizer)
-            answer = tokenizer(self.config.answer.format(label=example["label_text"]),
-                               add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            answer = tokenizer(self.config.answer.format(label=example["label_text"]), add_special_tokens=False)[
+                "input_ids"
+            ] + [tokenizer.eos_token_id]
             prompt = prompt[-(max_length - len(answer)) :] if len(prompt) + len(answer) > max_length else prompt
             found.append({"input_ids": prompt + answer, "lm_labels": [IGNORE_INDEX] * len(prompt) + answer})
         return found
@@ -118,7 +122,9 @@ class Instruction(Objective):
             for indices in sequential_batches(items, run.cfg.trainer.eval_batch_size):
                 batch = collate(items, indices, tokenizer.pad_token_id, model_device(model), padding_side="left")
                 generated = model.generate(
-                    **batch, max_new_tokens=self.config.max_new_tokens, do_sample=False,
+                    **batch,
+                    max_new_tokens=self.config.max_new_tokens,
+                    do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                 )
                 answers += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -128,9 +134,11 @@ class Instruction(Objective):
         correct = [said[:1] == [truth] for said, truth in zip(words, truths)]
         right_label = [labels.intersection(said) == {truth} for said, truth in zip(words, truths)]
         if split == "test":
-            write_text(run.dir / "predictions.jsonl", "".join(
-                json.dumps({"text": e["text"], "label": e["label_text"], "answer": answer}) + "\n"
-                for e, answer in zip(examples, answers)
-            ))
+            write_text(
+                run.dir / "predictions.jsonl",
+                "".join(
+                    json.dumps({"text": e["text"], "label": e["label_text"], "answer": answer}) + "\n"
+                    for e, answer in zip(examples, answers)
+                ),
+            )
         return {"exact_match": sum(correct) / len(correct), "label_accuracy": sum(right_label) / len(right_label)}
-

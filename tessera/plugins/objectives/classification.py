@@ -53,8 +53,15 @@ class Classification(Objective):
             write_text(
                 run.dir / "predictions.jsonl",
                 "".join(
-                    json.dumps({"text": e["text"], "label": e["label"], "prediction": int(p.argmax()),
-                                "probabilities": p.tolist()}) + "\n"
+                    json.dumps(
+                        {
+                            "text": e["text"],
+                            "label": e["label"],
+                            "prediction": int(p.argmax()),
+                            "probabilities": p.tolist(),
+                        }
+                    )
+                    + "\n"
                     for e, p in zip(examples, probabilities)
                 ),
             )

@@ -44,8 +44,11 @@ class MaskedLM(Objective):
         from tessera.core.models import is_decoder
 
         if is_decoder(composition.cfg.model):
-            raise IncompatibleError(self.label, f"model={composition.cfg.model.name}",
-                                    "masked language modelling needs an encoder (use objective=clm for decoders)")
+            raise IncompatibleError(
+                self.label,
+                f"model={composition.cfg.model.name}",
+                "masked language modelling needs an encoder (use objective=clm for decoders)",
+            )
 
     def items(self, examples, tokenizer, max_length, seed):
         return chunk_texts(examples, tokenizer, max_length)

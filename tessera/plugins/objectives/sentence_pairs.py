@@ -39,8 +39,11 @@ class _SentencePairs(Objective):
         from tessera.core.models import is_decoder
 
         if is_decoder(composition.cfg.model):
-            raise IncompatibleError(self.label, f"model={composition.cfg.model.name}",
-                                    "sentence-pair objectives need an encoder with a [CLS] pair head")
+            raise IncompatibleError(
+                self.label,
+                f"model={composition.cfg.model.name}",
+                "sentence-pair objectives need an encoder with a [CLS] pair head",
+            )
 
     @abstractmethod
     def negative(self, first: str, second: str, documents: list[list[str]], rng: random.Random) -> tuple[str, str]:

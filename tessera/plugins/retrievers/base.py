@@ -31,8 +31,9 @@ def check_graph(technique: KGRetriever, plugins) -> None:
 
     config = technique.config
     if config.disambiguation not in DISAMBIGUATION:
-        raise ConfigError(f"{technique.label}: disambiguation={config.disambiguation} is not one of "
-                          f"{', '.join(DISAMBIGUATION)}")
+        raise ConfigError(
+            f"{technique.label}: disambiguation={config.disambiguation} is not one of {', '.join(DISAMBIGUATION)}"
+        )
     try:
         resolve(config.graph, plugins).fingerprint()
     except GraphError as error:
@@ -45,7 +46,9 @@ def entity_linker(config: LinkingConfig, plugins):
     from tessera.graphs.linking import EntityLinker
     from tessera.graphs.loaders import load_graph
 
-    return EntityLinker(load_graph(config.graph, plugins), disambiguation=config.disambiguation, lemmatize=config.lemmatize)
+    return EntityLinker(
+        load_graph(config.graph, plugins), disambiguation=config.disambiguation, lemmatize=config.lemmatize
+    )
 
 
 def append_to_card(export_dir: Path, section: str) -> None:

@@ -37,8 +37,13 @@ def kge_config(config):
     from tessera.graphs.embeddings import KGEConfig
 
     fusion = config if isinstance(config, FusionConfig) else FusionConfig()
-    return KGEConfig(model=fusion.kge_model, dim=fusion.dim, epochs=fusion.epochs, batch_size=fusion.batch_size,
-                     learning_rate=fusion.learning_rate)
+    return KGEConfig(
+        model=fusion.kge_model,
+        dim=fusion.dim,
+        epochs=fusion.epochs,
+        batch_size=fusion.batch_size,
+        learning_rate=fusion.learning_rate,
+    )
 
 
 class EntityFusion(KGRetriever):
@@ -54,8 +59,10 @@ class EntityFusion(KGRetriever):
         if self.config.embeddings is None and self.config.kge_model not in MODELS:
             raise ConfigError(f"{self.label}: kge_model={self.config.kge_model} is not one of {', '.join(MODELS)}")
         if self.config.embeddings is not None and not Path(self.config.embeddings).expanduser().is_file():
-            raise ConfigError(f"{self.label}: embeddings={self.config.embeddings} does not exist: write it with "
-                              f"`tessera kg embed {self.config.graph} --out FILE` or leave it null")
+            raise ConfigError(
+                f"{self.label}: embeddings={self.config.embeddings} does not exist: write it with "
+                f"`tessera kg embed {self.config.graph} --out FILE` or leave it null"
+            )
 
     def enrich(self, examples: list[dict], run) -> list[dict]:
         """Fusion leaves the text alone: the knowledge enters through the embeddings."""
@@ -71,8 +78,10 @@ class EntityFusion(KGRetriever):
             trained = TrainedEmbeddings.load(Path(self.config.embeddings).expanduser())
             graph = load_graph(self.config.graph, plugins)
             if len(trained.entities) != graph.num_entities:
-                raise ConfigError(f"{self.label}: {self.config.embeddings} has {len(trained.entities)} entities, "
-                                  f"graph {self.config.graph} has {graph.num_entities}: embed that graph")
+                raise ConfigError(
+                    f"{self.label}: {self.config.embeddings} has {len(trained.entities)} entities, "
+                    f"graph {self.config.graph} has {graph.num_entities}: embed that graph"
+                )
             return trained.entities
         return cached_embeddings(self.config.graph, kge_config(self.config), plugins).entities
 
@@ -91,22 +100,27 @@ class EntityFusion(KGRetriever):
         from tessera.graphs.fusion import FUSION_DIR, save_fusion
 
         save_fusion(self.fusion, export_dir, self.config.graph, self.linker)
-        append_to_card(export_dir, "\n".join([
-            "## Entity-embedding fusion (kg=entity_fusion): read this before loading",
-            "",
-            "The test metrics above were measured WITH entity-embedding fusion: KG entity embeddings from the",
-            f"`{self.config.graph}` graph, projected and added to the input embeddings of linked tokens at run time.",
-            "That cannot be expressed as a plain transformers model or folded into its weights, so this directory's",
-            "`model.safetensors` is the encoder WITHOUT the fusion: `from_pretrained` loads it anywhere, but its",
-            f"predictions differ from the evaluated model. The fusion is in `{FUSION_DIR}/`; load the fused model",
-            "with:",
-            "",
-            "```python",
-            "from tessera.core.plugins import discover",
-            "from tessera.graphs.fusion import load_fused",
-            'model, tokenizer = load_fused("export", discover())',
-            "```",
-            "",
-            "vLLM serves only the plain encoder (no fusion).",
-            "",
-        ]))
+        append_to_card(
+            export_dir,
+            "\n".join(
+                [
+                    "## Entity-embedding fusion (kg=entity_fusion): read this before loading",
+                    "",
+                    "The test metrics above were measured WITH entity-embedding fusion: KG entity embeddings from the",
+                    f"`{self.config.graph}` graph, projected and added to the input embeddings of linked tokens at run time.",
+                    "That cannot be expressed as a plain transformers model or folded into its weights, so this directory's",
+                    "`model.safetensors` is the encoder WITHOUT the fusion: `from_pretrained` loads it anywhere, but its",
+                    f"predictions differ from the evaluated model. The fusion is in `{FUSION_DIR}/`; load the fused model",
+                    "with:",
+                    "",
+                    "```python",
+                    "from tessera.core.plugins import discover",
+                    "from tessera.graphs.fusion import load_fused",
+                    'model, tokenizer = load_fused("export", discover())',
+                    "```",
+                    "",
+                    "vLLM serves only the plain encoder (no fusion).",
+                    "",
+                ]
+            ),
+        )

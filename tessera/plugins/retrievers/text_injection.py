@@ -54,18 +54,27 @@ def build_injector(config: TextInjectionConfig, plugins, tokenizer=None, max_len
     embeddings = None
     if config.ranking == "embedding":
         embeddings = cached_embeddings(config.graph, kge_config(config), plugins).entities
-    retriever = Retriever(linker.graph, hops=config.hops, relations=list(config.relations),
-                          max_facts=_RANKED_FACTS, ranking=config.ranking, embeddings=embeddings, linker=linker,
-                          direction=config.direction)
+    retriever = Retriever(
+        linker.graph,
+        hops=config.hops,
+        relations=list(config.relations),
+        max_facts=_RANKED_FACTS,
+        ranking=config.ranking,
+        embeddings=embeddings,
+        linker=linker,
+        direction=config.direction,
+    )
     count = whitespace_tokens
     special = 2
     if tokenizer is not None:
+
         def count(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
         special = len(tokenizer("", add_special_tokens=True)["input_ids"])
-    return TextInjector(retriever, config.facts_per_entity, config.max_fact_tokens, config.position, count,
-                        max_length, special)
+    return TextInjector(
+        retriever, config.facts_per_entity, config.max_fact_tokens, config.position, count, max_length, special
+    )
 
 
 def injector_from_export(export_dir: Path, plugins):
@@ -74,8 +83,12 @@ def injector_from_export(export_dir: Path, plugins):
     from transformers import AutoTokenizer
 
     settings = json.loads((Path(export_dir) / INJECTION_FILE).read_text(encoding="utf-8"))
-    return build_injector(TextInjectionConfig(**settings["config"]), plugins, AutoTokenizer.from_pretrained(export_dir),
-                          settings["max_length"])
+    return build_injector(
+        TextInjectionConfig(**settings["config"]),
+        plugins,
+        AutoTokenizer.from_pretrained(export_dir),
+        settings["max_length"],
+    )
 
 
 class TextInjection(KGRetriever):
@@ -89,9 +102,11 @@ class TextInjection(KGRetriever):
         from tessera.graphs.retrieval import DIRECTIONS, RANKINGS
 
         check_graph(self, composition.plugins)
-        for key, value, valid in (("position", self.config.position, POSITIONS),
-                                  ("ranking", self.config.ranking, RANKINGS),
-                                  ("direction", self.config.direction, DIRECTIONS)):
+        for key, value, valid in (
+            ("position", self.config.position, POSITIONS),
+            ("ranking", self.config.ranking, RANKINGS),
+            ("direction", self.config.direction, DIRECTIONS),
+        ):
             if value not in valid:
                 raise ConfigError(f"{self.label}: {key}={value} is not one of {', '.join(valid)}")
         if self.config.hops < 1 or self.config.facts_per_entity < 1 or self.config.max_fact_tokens < 0:
@@ -102,8 +117,9 @@ class TextInjection(KGRetriever):
         if getattr(self, "_injector", None) is None:
             from tessera.core.models import load_tokenizer
 
-            self._injector = build_injector(self.config, run.composition.plugins, load_tokenizer(run.cfg.model),
-                                            run.cfg.data.max_length)
+            self._injector = build_injector(
+                self.config, run.composition.plugins, load_tokenizer(run.cfg.model), run.cfg.data.max_length
+            )
         return self._injector
 
     def enrich(self, examples: list[dict], run) -> list[dict]:
@@ -115,18 +131,25 @@ class TextInjection(KGRetriever):
     def tessera_export(self, run, export_dir):
         from tessera.core.files import write_json
 
-        write_json(Path(export_dir) / INJECTION_FILE,
-                   {"technique": self.name, "config": asdict(self.config), "max_length": run.cfg.data.max_length})
-        append_to_card(export_dir, "\n".join([
-            "## Knowledge injection (kg=text_injection)",
-            "",
-            f"This model was trained and evaluated on inputs with facts from the `{self.config.graph}` graph written",
-            f"into them (K-BERT style, {self.config.position}). Give it inputs enriched the same way:",
-            "",
-            "```python",
-            "from tessera.core.plugins import discover",
-            "from tessera.plugins.retrievers.text_injection import injector_from_export",
-            'text = injector_from_export("export", discover()).inject("a gorgeous, witty film")',
-            "```",
-            "",
-        ]))
+        write_json(
+            Path(export_dir) / INJECTION_FILE,
+            {"technique": self.name, "config": asdict(self.config), "max_length": run.cfg.data.max_length},
+        )
+        append_to_card(
+            export_dir,
+            "\n".join(
+                [
+                    "## Knowledge injection (kg=text_injection)",
+                    "",
+                    f"This model was trained and evaluated on inputs with facts from the `{self.config.graph}` graph written",
+                    f"into them (K-BERT style, {self.config.position}). Give it inputs enriched the same way:",
+                    "",
+                    "```python",
+                    "from tessera.core.plugins import discover",
+                    "from tessera.plugins.retrievers.text_injection import injector_from_export",
+                    'text = injector_from_export("export", discover()).inject("a gorgeous, witty film")',
+                    "```",
+                    "",
+                ]
+            ),
+        )

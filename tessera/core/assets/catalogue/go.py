@@ -25,9 +25,15 @@ def build(deb: Path, out: Path) -> None:
     finally:
         connection.close()
     if terms < 40000 or edges < 80000:
-        raise AssetError(f"{deb.name}: GO.sqlite has {terms} terms and {edges} parent edges, "
-                         "expected about 43,559 / 85,716")
+        raise AssetError(
+            f"{deb.name}: GO.sqlite has {terms} terms and {edges} parent edges, expected about 43,559 / 85,716"
+        )
 
 
-ASSET = Asset(name="go", format=1, source=Source("r-bioc-go.db", "", debian=True), build=build,
-              summary="the Gene Ontology (GO.sqlite) from Debian's r-bioc-go.db; needs apt-get")
+ASSET = Asset(
+    name="go",
+    format=1,
+    source=Source("r-bioc-go.db", "", debian=True),
+    build=build,
+    summary="the Gene Ontology (GO.sqlite) from Debian's r-bioc-go.db; needs apt-get",
+)

