@@ -1,15 +1,25 @@
 """The stacking rule (tessera.core.adapting): each adapter makes trainable only what it owns, the run trains the
 union, the adapters that own nothing act on that union. On a tiny random BERT with the example plugin's BitFit."""
 
-import sys
+import importlib.util
 
 import pytest
 
 from conftest import REPO, plugins
 from tessera.core.cli import compose_config
 
-sys.path.insert(0, str(REPO / "examples" / "tessera-plugin-example"))
-from tessera_plugin_example import BitFit  # noqa: E402
+
+def _example_plugin():
+    """The example plugin's module, imported from its file: its directory stays off ``sys.path``, so the package
+    metadata a build leaves there (an ``.egg-info`` with the entry point) cannot install it in this process."""
+    path = REPO / "examples" / "tessera-plugin-example" / "tessera_plugin_example" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("tessera_plugin_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BitFit = _example_plugin().BitFit
 
 SENTENCES = ["A film of rare beauty.", "Dull, long and pointless.", "I loved every minute.", "A waste of time."]
 

@@ -167,14 +167,13 @@ def python_block(markdown: str, heading: str) -> str:
     return after.split("```python\n", 1)[1].split("\n```", 1)[0]
 
 
-def test_the_documented_validate_example_runs_on_real_compositions():
-    import sys
-
+def test_the_documented_validate_example_runs_on_real_compositions(monkeypatch):
     from tessera.core.cli import compose_config
     from tessera.core.errors import ConfigError, IncompatibleError
     from tessera.core.run import compose
 
-    sys.path.insert(0, str(DOCS.parent / "examples" / "tessera-plugin-example"))
+    plugins()  # discovered before the example's directory (with what a build left there) is importable
+    monkeypatch.syspath_prepend(str(DOCS.parent / "examples" / "tessera-plugin-example"))
     namespace = {}
     exec(
         python_block((DOCS / "plugins.md").read_text(encoding="utf-8"), "### What `validate(composition)` receives"),

@@ -176,7 +176,7 @@ def test_composed_run_with_text_injection_trains_evaluates_and_exports(tmp_path)
     texts = [json.loads(line)["text"] for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert sum(" is a kind of " in t or " is similar to " in t for t in texts) > len(texts) / 4  # facts are in
     settings = load_json(run / "export" / "kg_injection.json")
-    assert settings["config"]["graph"] == "wordnet" and settings["max_length"] == 64
+    assert settings["config"]["graph"] == "wordnet" and settings["max_length"] == trained_max_length(run)
     assert "Knowledge injection (kg=text_injection)" in (run / "export" / "README.md").read_text()
     from tessera.plugins.retrievers.text_injection import injector_from_export
 

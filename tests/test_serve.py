@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, plugins, tessera
+from conftest import REPO, plugins, tessera, trained_max_length
 from tessera.core.techniques import KGRetriever
 from tessera.serving.knowledge import KnowledgeFront
 from tessera.serving.settings import kv_cache_bytes, load_settings
@@ -301,3 +301,22 @@ def test_requests_are_counted_in_the_prometheus_registry(middleware):
     call(middleware, "POST", "/pooling", b'{"input": "x"}')
     assert (count("200"), count("401")) == (before_ok + 1, before_denied + 1)
     assert REGISTRY.get_sample_value("tessera_request_duration_seconds_count", {"route": "/pooling"}) >= 2
+
+
+def test_classifier_inputs_are_cut_to_the_run_max_length_unless_the_request_says(monkeypatch):
+    from tessera.serving.middleware import TesseraMiddleware
+
+    monkeypatch.delenv("TESSERA_SERVE_API_KEY", raising=False)
+    monkeypatch.delenv("TESSERA_SERVE_RUN_DIR", raising=False)
+    monkeypatch.setenv("TESSERA_SERVE_TRUNCATE", "47")
+    layer = TesseraMiddleware(echo_app)
+    cut = json.loads(call(layer, "POST", "/classify", b'{"input": ["a long review"]}').content)
+    assert cut == {"truncate_prompt_tokens": 47, "truncation_side": "right", "input": ["a long review"]}
+    own = json.loads(call(layer, "POST", "/pooling", b'{"input": "x", "truncate_prompt_tokens": 8}').content)
+    assert own["truncate_prompt_tokens"] == 8
+    assert json.loads(call(layer, "POST", "/v1/completions", b'{"prompt": "p"}').content) == {"prompt": "p"}
+
+
+def test_a_classifier_run_tells_the_server_its_max_length(smoke_run):
+    target = resolve(smoke_run, plugins())
+    assert target.truncation == trained_max_length(smoke_run) == 48

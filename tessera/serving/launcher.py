@@ -203,6 +203,8 @@ class VllmServer:
             env["TESSERA_SERVE_API_KEY"] = self.settings.api_key
         if self.target.has_knowledge:
             env["TESSERA_SERVE_RUN_DIR"] = str(self.target.run_dir)
+        if self.target.truncation:
+            env["TESSERA_SERVE_TRUNCATE"] = str(self.target.truncation)
         self.process = subprocess.Popen(
             server_command(self.target, self.settings, self.port),
             env=env,

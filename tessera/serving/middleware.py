@@ -8,10 +8,13 @@ streaming passes through untouched. It
 - checks the API key on every route but the open ones (vLLM's own check covers only ``/v1/...``, which would
   leave ``/classify`` and ``/pooling`` open);
 - for a run with ``kg`` retrievers, enriches prompts and inputs before vLLM sees them
-  (:class:`~tessera.serving.knowledge.KnowledgeFront`).
+  (:class:`~tessera.serving.knowledge.KnowledgeFront`);
+- for a classifier run, cuts ``/classify`` and ``/pooling`` inputs to the run's ``data.max_length`` tokens, as in
+  training and evaluation (vLLM's ``truncate_prompt_tokens``, right side), unless the request sets its own.
 
 The launcher configures it through the environment: ``TESSERA_SERVE_API_KEY``, ``TESSERA_SERVE_RUN_DIR`` (set only
-when the run has ``kg`` retrievers) and ``TESSERA_SERVE_LOG_REQUESTS``.
+when the run has ``kg`` retrievers), ``TESSERA_SERVE_TRUNCATE`` (a classifier run's ``data.max_length``) and
+``TESSERA_SERVE_LOG_REQUESTS``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from tessera.serving.launcher import LOG_PREFIX
 
 #: Routes that answer without an API key and are neither logged nor counted (probes and scrapes).
 OPEN_ROUTES = ("/health", "/ping", "/version", "/metrics", "/load")
+#: The classifier routes whose inputs are cut to the run's ``data.max_length`` unless the request says otherwise.
+TRUNCATED_ROUTES = ("/classify", "/pooling")
 #: Routes counted under their own name in the metrics; anything else is counted as ``other``.
 NAMED_ROUTES = frozenset(
     {
@@ -79,6 +84,8 @@ class TesseraMiddleware:
 
             self.knowledge = KnowledgeFront.from_run_dir(run_dir, discover())
             self.knowledge.enrich(["warm up the graph before the first request"])
+        truncate = os.environ.get("TESSERA_SERVE_TRUNCATE")
+        self.truncate = int(truncate) if truncate else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].startswith(OPEN_ROUTES) or scope["method"] == "OPTIONS":
@@ -93,8 +100,8 @@ class TesseraMiddleware:
         try:
             if self.key_digest is not None and not self._authorized(scope):
                 return await self._reply(watch, 401, {"error": "Unauthorized: send Authorization: Bearer <api key>"})
-            if self.knowledge is not None and scope["method"] == "POST" and scope["path"] in ENRICHED_ROUTES:
-                scope, receive = await self._enriched(scope, receive)
+            if scope["method"] == "POST" and self._rewrites(scope["path"]):
+                scope, receive = await self._rewritten(scope, receive)
             await self.app(scope, receive, watch)
         finally:
             self._record(scope, status[0], time.perf_counter() - started)
@@ -106,8 +113,22 @@ class TesseraMiddleware:
             hashlib.sha256(token.encode()).digest(), self.key_digest
         )
 
-    async def _enriched(self, scope, receive):
-        """The request with its body rewritten by the knowledge front (unparsable bodies pass unchanged)."""
+    def _rewrites(self, route: str) -> bool:
+        """Whether requests to ``route`` are rewritten: enriched with knowledge, or cut as the classifier was."""
+        return (self.knowledge is not None and route in ENRICHED_ROUTES) or (
+            self.truncate is not None and route in TRUNCATED_ROUTES
+        )
+
+    def _rewrite(self, route: str, payload: dict) -> dict:
+        if self.truncate is not None and route in TRUNCATED_ROUTES:
+            # the classifier was trained and evaluated on inputs cut to data.max_length tokens, at the end
+            payload = {"truncate_prompt_tokens": self.truncate, "truncation_side": "right", **payload}
+        if self.knowledge is not None and route in ENRICHED_ROUTES:
+            payload = self.knowledge.rewrite(route, payload)
+        return payload
+
+    async def _rewritten(self, scope, receive):
+        """The request with its body rewritten by :meth:`_rewrite` (unparsable bodies pass unchanged)."""
         chunks, more = [], True
         while more:
             message = await receive()
@@ -121,7 +142,7 @@ class TesseraMiddleware:
         except (UnicodeDecodeError, json.JSONDecodeError):
             payload = None
         if isinstance(payload, dict):
-            rewritten = await asyncio.to_thread(self.knowledge.rewrite, scope["path"], payload)
+            rewritten = await asyncio.to_thread(self._rewrite, scope["path"], payload)
             body = json.dumps(rewritten).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))

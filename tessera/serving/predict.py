@@ -37,13 +37,6 @@ def read_texts(path: Path, text_column: str) -> list[str]:
     return texts
 
 
-def _truncation(target: ServeTarget) -> int | None:
-    """A classifier's inputs are cut as in training (``data.max_length``) when the run says how."""
-    if target.kind == "classify" and target.run_cfg is not None:
-        return target.run_cfg.data.get("max_length")
-    return None
-
-
 def _vllm_results(target: ServeTarget, settings, texts: list[str], options: dict) -> list:
     from tessera.serving.launcher import (
         engine_arguments,
@@ -56,7 +49,7 @@ def _vllm_results(target: ServeTarget, settings, texts: list[str], options: dict
     scratch = scratch_directory("tessera-predict-")
     try:
         engine = {**engine_arguments(target, settings), "seed": 0}
-        length = _truncation(target)
+        length = target.truncation
         spec = {
             "engine": engine,
             "kind": target.kind,
@@ -109,7 +102,7 @@ def _transformers_results(target: ServeTarget, settings, texts: list[str], optio
     results = []
     with torch.inference_mode():
         if target.kind == "classify":
-            length = _truncation(target)
+            length = target.truncation
             for start in range(0, len(texts), 32):
                 batch = tokenizer(
                     texts[start : start + 32], truncation=True, max_length=length, padding=True, return_tensors="pt"

@@ -48,6 +48,14 @@ class ServeTarget:
     notes: tuple[str, ...] = ()
 
     @property
+    def truncation(self) -> int | None:
+        """How many tokens a classifier run's inputs are cut to, as in training (``data.max_length``); None when
+        the target is no classifier run."""
+        if self.kind == "classify" and self.run_cfg is not None:
+            return self.run_cfg.data.get("max_length")
+        return None
+
+    @property
     def has_knowledge(self) -> bool:
         """Whether the run selects ``kg`` retrievers, whose enrichment serving must repeat on every input."""
         return bool(self.run_cfg is not None and self.run_cfg.get("kg"))
