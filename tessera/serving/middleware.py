@@ -10,7 +10,8 @@ streaming passes through untouched. It
 - for a run with ``kg`` retrievers, enriches prompts and inputs before vLLM sees them
   (:class:`~tessera.serving.knowledge.KnowledgeFront`);
 - for a classifier run, cuts ``/classify`` and ``/pooling`` inputs to the run's ``data.max_length`` tokens, as in
-  training and evaluation (vLLM's ``truncate_prompt_tokens``, right side), unless the request sets its own.
+  training and evaluation (vLLM's ``truncate_prompt_tokens``, applied by the model's tokenizer), unless the request
+  sets its own.
 
 The launcher configures it through the environment: ``TESSERA_SERVE_API_KEY``, ``TESSERA_SERVE_RUN_DIR`` (set only
 when the run has ``kg`` retrievers), ``TESSERA_SERVE_TRUNCATE`` (a classifier run's ``data.max_length``) and
@@ -121,8 +122,10 @@ class TesseraMiddleware:
 
     def _rewrite(self, route: str, payload: dict) -> dict:
         if self.truncate is not None and route in TRUNCATED_ROUTES:
-            # the classifier was trained and evaluated on inputs cut to data.max_length tokens, at the end
-            payload = {"truncate_prompt_tokens": self.truncate, "truncation_side": "right", **payload}
+            # The classifier was trained on inputs cut to data.max_length tokens by its tokenizer. Without a
+            # truncation_side, vLLM lets the tokenizer cut them the same way (its special tokens kept); with one,
+            # vLLM slices the token list and drops the final [SEP].
+            payload = {"truncate_prompt_tokens": self.truncate, **payload}
         if self.knowledge is not None and route in ENRICHED_ROUTES:
             payload = self.knowledge.rewrite(route, payload)
         return payload
