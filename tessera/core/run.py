@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tessera.core.errors import ConfigError, IncompatibleError
 from tessera.core.plugins import Plugins
+from tessera.core.registry import Registry
 from tessera.core.techniques import CONFIG_FAMILIES, FAMILIES, Technique
 
 
@@ -49,11 +50,12 @@ class Composition:
         return {family: [t.name for t in found] for family, found in self.techniques.items() if found}
 
 
-def _instantiate(plugins: Plugins, full: Plugins, family: str, name: str, node: Any) -> Technique:
-    full = full.registry
-    if name not in plugins.registry.names(family) and name in full.names(family):
+def _instantiate(plugins: Plugins, installed: Registry, family: str, name: str, node: Any) -> Technique:
+    """The technique ``family=name`` of the run's admitted ``plugins``, configured from ``node``; ``installed`` (every
+    technique of the process) tells an excluded technique from an unknown one."""
+    if name not in plugins.registry.names(family) and name in installed.names(family):
         raise ConfigError(
-            f"{family} '{name}' comes from plugin '{full.get(family, name).plugin}', which plugins.allow / "
+            f"{family} '{name}' comes from plugin '{installed.get(family, name).plugin}', which plugins.allow / "
             "plugins.block exclude from this run: admit the plugin or choose another technique"
         )
     spec = plugins.registry.get(family, name)
@@ -79,16 +81,19 @@ def _instantiate(plugins: Plugins, full: Plugins, family: str, name: str, node: 
 def compose(cfg: DictConfig, plugins: Plugins) -> Composition:
     """Instantiate and cross-check the techniques ``cfg`` selects, with the plugins of the process (``plugins``)
     restricted by ``cfg.plugins``; raise a ``ConfigError`` before any work."""
-    full = plugins
-    plugins = full.restricted(None if cfg.plugins.allow is None else list(cfg.plugins.allow), list(cfg.plugins.block))
+    admitted = plugins.restricted(
+        None if cfg.plugins.allow is None else list(cfg.plugins.allow), list(cfg.plugins.block)
+    )
     techniques = {
-        family: [_instantiate(plugins, full, family, name, node) for name, node in (cfg[family] or {}).items()]
+        family: [
+            _instantiate(admitted, plugins.registry, family, name, node) for name, node in (cfg[family] or {}).items()
+        ]
         for family in CONFIG_FAMILIES
     }
-    composition = Composition(cfg, plugins, techniques)
+    composition = Composition(cfg, admitted, techniques)
     objectives = composition.selected("objective")
     if not objectives:
-        raise ConfigError(f"no objective selected: choose one of {', '.join(plugins.registry.names('objective'))}")
+        raise ConfigError(f"no objective selected: choose one of {', '.join(admitted.registry.names('objective'))}")
     from tessera.core.models import TASKS
 
     if frozenset(objective.task for objective in objectives) not in TASKS:
@@ -104,7 +109,7 @@ def compose(cfg: DictConfig, plugins: Plugins) -> Composition:
     for family, found in techniques.items():
         for position, technique in enumerate(found):
             technique.validate(composition)
-            plugins.manager.register(technique, name=f"{family}={technique.name}#{position}")
+            admitted.manager.register(technique, name=f"{family}={technique.name}#{position}")
     return composition
 
 
