@@ -87,7 +87,8 @@ def test_builtin_techniques_are_in_the_config_reference(family, name):
 
 def documented_event_order() -> re.Pattern:
     """The hook reference's block of events in order, as a regular expression over space-separated event names
-    (``per ...:`` repeats what it holds, on its own line or indented below it)."""
+    (``per ...:`` repeats what it holds, on its own line or indented below it; ``if ...:`` makes what follows it on
+    its line optional)."""
     text = (DOCS / "plugins.md").read_text(encoding="utf-8")
     block = text.split("In one run, the events come in this order", 1)[1].split("```", 2)[1].strip("\n")
     lines = [(len(line) - len(line.lstrip()), line.strip()) for line in block.splitlines() if line.strip()]
@@ -104,6 +105,9 @@ def documented_event_order() -> re.Pattern:
                 else:
                     inner, index = parse(index + 1, lines[index + 1][0])
                     pattern += f"(?:{inner})+"
+            elif line.startswith("if "):
+                pattern += "(?:" + "".join(re.escape(e) + " " for e in line.split(":", 1)[1].split()) + ")?"
+                index += 1
             else:
                 pattern += "".join(re.escape(event) + " " for event in line.split())
                 index += 1
@@ -152,11 +156,14 @@ def test_a_real_run_fires_the_events_in_the_documented_order(tmp_path):
     lifecycle = {name for name in hookspec_signatures(hookspecs) if "(run" in hookspec_signatures(hookspecs)[name]}
     recorded = {name for name in dir(Recorder) if name.startswith("tessera_")}
     assert recorded == lifecycle, "the recorder must listen to every lifecycle event"
-    cfg = compose_config(["experiment=smoke", "data.limit_train=48", "trainer.epochs=2"], plugins())
+    cfg = compose_config(
+        ["experiment=smoke", "data.limit_train=48", "trainer.epochs=2", "compress=magnitude_prune"], plugins()
+    )
     run, splits = prepare(cfg, tmp_path / "run", plugins())
     run.composition.plugins.manager.register(Recorder())
     execute(run, splits)
     assert events.count("tessera_epoch_end") == 2 and events.count("tessera_step_end") == 6
+    assert "tessera_evaluation(compressed)" in events
     order = documented_event_order()
     assert order.fullmatch("".join(event + " " for event in events)), events
 

@@ -107,30 +107,30 @@ def test_a_block_list_naming_no_installed_plugin_warns():
     assert "warning: TESSERA_PLUGINS_BLOCK names 'tessera.consle'" in human.stderr
 
 
-COMPRESSOR_PLUGIN = """
+ENSEMBLER_PLUGIN = """
 from tessera import hookimpl
-from tessera.core.techniques import Compressor
+from tessera.core.techniques import Ensembler
 
-class Prune(Compressor):
-    name = "prune"
-    def compress(self, model, run):
-        raise AssertionError("no engine calls a compressor yet")
+class Vote(Ensembler):
+    name = "vote"
+    def combine(self, model, run):
+        raise AssertionError("no engine calls an ensembler yet")
 
 @hookimpl
-def tessera_compressors():
-    return [Prune]
+def tessera_ensemblers():
+    return [Vote]
 """
 
 
 def test_a_technique_of_a_family_without_an_engine_is_refused_in_one_line(tmp_path):
-    make_plugin(tmp_path, "pruner", COMPRESSOR_PLUGIN)
+    make_plugin(tmp_path, "voter", ENSEMBLER_PLUGIN)
     env = {"PYTHONPATH": str(tmp_path)}
-    assert "prune" in plugins_json(env)["techniques"]["compress"]
-    result = tessera("train", "experiment=smoke", "compress=prune", f"hydra.run.dir={tmp_path}/run", env=env)
+    assert "vote" in plugins_json(env)["techniques"]["ensemble"]
+    result = tessera("train", "experiment=smoke", "ensemble=vote", f"hydra.run.dir={tmp_path}/run", env=env)
     assert result.returncode == 2 and not (tmp_path / "run").exists()
     assert result.stderr.strip().splitlines() == [
-        "error: compress=prune cannot run: tessera has no engine for the compress family yet, so nothing would call "
-        "it; remove it (compress=none)"
+        "error: ensemble=vote cannot run: tessera has no engine for the ensemble family yet, so nothing would call "
+        "it; remove it (ensemble=none)"
     ]
 
 

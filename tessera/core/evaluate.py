@@ -12,8 +12,11 @@ LANGUAGE_MODEL_TASKS = ("masked-lm", "causal-lm")
 
 
 def model_device(model):
-    """The device of the model's parameters."""
-    return next(model.parameters()).device
+    """The device of the model's parameters (the CPU for a model without any, as an ONNX Runtime session)."""
+    import torch
+
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def eval_batches(run, model, tokenizer, items: list[dict]):

@@ -1,13 +1,14 @@
-"""Export: a self-contained Hugging Face directory (adapters merged, safetensors, tokenizer, model card) plus
-each adapter's unmerged form under ``adapters/<name>/`` where it has one."""
+"""Export: a self-contained model directory (adapters merged; safetensors, or the format of the last compressor),
+the tokenizer and a model card, plus each adapter's unmerged form under ``adapters/<name>/`` where it has one (not
+for a compressed run: the adapters describe the model before compression)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from tessera.core.files import atomic_directory
 from tessera.core.models import AUTO_CLASSES
 from tessera.core.run import Run
 
@@ -24,8 +25,16 @@ PIPELINE_TAGS = {
 }
 
 
-def model_card(run: Run, metrics: dict, base: str, unmerged: list[str], notes: list[str] = ()) -> str:
-    """The ``README.md`` of the export: front matter for the Hub, the composition and the test metrics."""
+def model_card(
+    run: Run,
+    metrics: dict,
+    base: str,
+    unmerged: list[str],
+    notes: list[str] = (),
+    compression: dict | None = None,
+) -> str:
+    """The ``README.md`` of the export: front matter for the Hub, the composition, the test metrics (of the final
+    model) and, for a compressed run, the uncompressed model's figures beside the final ones."""
     composition = run.composition.describe()
     labels = run.state.get("labels") or []
     lines = [
@@ -49,6 +58,10 @@ def model_card(run: Run, metrics: dict, base: str, unmerged: list[str], notes: l
         json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=2),
         "```",
         "",
+    ]
+    if compression:
+        lines += compression_section(metrics, compression)
+    lines += [
         "## Use",
         "",
         "```python",
@@ -64,22 +77,52 @@ def model_card(run: Run, metrics: dict, base: str, unmerged: list[str], notes: l
     return "\n".join(lines) + "\n"
 
 
-def export(run: Run, model, tokenizer, metrics: dict, base: str) -> Path:
-    """Write ``<run>/export`` atomically and return it. ``model`` is the trained model with its adapters."""
-    target = run.dir / "export"
-    with atomic_directory(target, owned=True) as partial:
-        unmerged = []
-        notes = []
-        for adapter in reversed(run.composition.selected("adapter")):
-            if adapter.save_unmerged(model, partial / "adapters" / adapter.name):
-                unmerged.append(adapter.name)
-            note = adapter.export_note(model)
-            if note:
-                log.info("export: %s", note)
-                notes.append(note)
-            model = adapter.merge(model)
-        model.save_pretrained(partial, safe_serialization=True)
-        tokenizer.save_pretrained(partial)
-        (partial / "README.md").write_text(model_card(run, metrics, base, unmerged, notes), encoding="utf-8")
-    run.events.export(target)
-    return target
+def compression_section(metrics: dict, compression: dict) -> list[str]:
+    """The model card's table of the uncompressed and the final model (the ``compression`` of ``metrics.json``)."""
+    before, after = compression.get("uncompressed", {}), compression["compressed"]
+    rows = [("size on disk (MB)", "size_bytes", 1e-6), ("parameters", "parameters", 1)]
+    rows += [("sparsity of linear weights", "sparsity", 1), ("sentences per second", "sentences_per_second", 1)]
+    scalar = [k for k, v in metrics.items() if isinstance(v, float) and isinstance(before.get("test", {}).get(k), float)]
+
+    def cell(value, scale=1):
+        if value is None:
+            return "-"
+        return f"{value * scale:.4g}" if isinstance(value, float) or scale != 1 else f"{value:,}"
+
+    lines = [
+        "## Compression",
+        "",
+        f"Chain: {', '.join(compression['chain'])}; export format: {compression['format']}; "
+        + ("served by `tessera serve` (vLLM)." if compression["servable"] else compression["served_by"]),
+        "",
+        "| | uncompressed | final |",
+        "|---|---|---|",
+        *[f"| test {key} | {cell(before['test'][key])} | {cell(metrics[key])} |" for key in scalar],
+        *[f"| {label} | {cell(before.get(key), scale)} | {cell(after.get(key), scale)} |" for label, key, scale in rows],
+        "",
+    ]
+    return lines
+
+
+def fold_adapters(run: Run, model, unmerged_dir: Path | None) -> tuple[object, list[str], list[str]]:
+    """Merge the run's adapters into ``model`` (in reverse config order) and return ``(model, unmerged, notes)``:
+    the plain model, the adapters written unmerged to ``unmerged_dir/<name>`` (None: write none) and the adapters'
+    notes for the model card."""
+    unmerged, notes = [], []
+    for adapter in reversed(run.composition.selected("adapter")):
+        if unmerged_dir is not None and adapter.save_unmerged(model, unmerged_dir / adapter.name):
+            unmerged.append(adapter.name)
+        note = adapter.export_note(model)
+        if note:
+            log.info("export: %s", note)
+            notes.append(note)
+        model = adapter.merge(model)
+    return model, unmerged, notes
+
+
+def write_export(partial: Path, run: Run, model, tokenizer, export_format, card: Callable[[], str]) -> None:
+    """Write the model (by ``export_format``), the tokenizer and the model card (``card()``, called after the
+    weights are written, so it can give their size) into the export's temporary directory ``partial``."""
+    export_format.save(model, tokenizer, partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "README.md").write_text(card(), encoding="utf-8")

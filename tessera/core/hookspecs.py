@@ -89,7 +89,9 @@ def tessera_epoch_end(run, epoch, metrics):
 @hookspec
 def tessera_evaluation(run, split, metrics):
     """Called after a split is evaluated, with its metrics dict: ``"validation"`` at the end of every complete epoch
-    (right before ``tessera_epoch_end`` gets the same metrics), ``"test"`` once after training, before export."""
+    (right before ``tessera_epoch_end`` gets the same metrics), ``"test"`` once after training, and
+    ``"compressed"`` once after the post-training compressors changed the model (the final model's test metrics),
+    before export."""
 
 
 @hookspec

@@ -76,8 +76,14 @@ def plan(
 
 def validate(stages: list[Stage], plugins: Plugins) -> None:
     """Check every stage's composition and data before any stage runs (no heavy work)."""
-    for stage in stages:
-        prepare(stage.cfg, None, plugins, check_model=stage.init == BASE)
+    for position, stage in enumerate(stages):
+        prepare(stage.cfg, None, plugins, check_model=stage.init == BASE, earlier_stages=earlier(stages, position))
+
+
+def earlier(stages: list[Stage], position: int) -> dict[str, Path | None]:
+    """``{name: export directory}`` of the stages before ``stages[position]`` (None for a stage without a
+    directory: a job that is only validated)."""
+    return {stage.name: stage.dir / "export" if stage.dir else None for stage in stages[:position]}
 
 
 def discard_unstarted(run_dir: Path) -> None:
@@ -164,7 +170,10 @@ class Job:
         stage.dir.mkdir(parents=True, exist_ok=True)
         if self.multi_stage:
             write_text(stage.dir / "config.yaml", OmegaConf.to_yaml(cfg))
-        run, splits = prepare(cfg, stage.dir, self.plugins, check_model=stage.init == BASE)
+        position = self.stages.index(stage)
+        run, splits = prepare(
+            cfg, stage.dir, self.plugins, check_model=stage.init == BASE, earlier_stages=earlier(self.stages, position)
+        )
         log.info("%s directory: %s", "stage " + stage.name if self.multi_stage else "run", stage.dir)
         log.info("composition: %s", run.composition.describe())
         return execute(run, splits)

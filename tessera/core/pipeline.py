@@ -1,5 +1,5 @@
-"""The work of one training stage, in phases:
-data -> augment -> kg enrichment -> model + adapters -> train -> evaluate -> export.
+"""The work of one training stage, in phases: data -> augment -> kg enrichment -> model (compressors' ``prepare``,
+adapters) -> train -> evaluate -> merge adapters -> compress -> evaluate the compressed model again -> export.
 
 :func:`prepare` checks everything that can be checked without heavy work (the composition, the data files, the
 assets) and returns the stage's :class:`~tessera.core.run.Run`; :func:`execute` runs the phases. The stage's
@@ -18,8 +18,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from tessera.core.compression import HUGGINGFACE, weights_on_disk
 from tessera.core.data import Splits, load_splits
-from tessera.core.files import write_json, write_text
+from tessera.core.export import fold_adapters, model_card, write_export
+from tessera.core.files import atomic_directory, write_json, write_text
 from tessera.core.models import pretrained_path
 from tessera.core.plugins import Plugins
 from tessera.core.run import Run, compose
@@ -28,13 +30,20 @@ log = logging.getLogger("tessera")
 STATUS_FILE = "run.json"
 
 
-def prepare(cfg: DictConfig, run_dir: Path | None, plugins: Plugins, check_model: bool = True) -> tuple[Run, Splits]:
+def prepare(
+    cfg: DictConfig,
+    run_dir: Path | None,
+    plugins: Plugins,
+    check_model: bool = True,
+    earlier_stages: dict[str, Path | None] | None = None,
+) -> tuple[Run, Splits]:
     """Validate the whole composition (techniques, data, assets) and return the run; no heavy work.
 
-    ``check_model=False`` skips the base-model check (a stage whose model is an earlier stage's export)."""
+    ``check_model=False`` skips the base-model check (a stage whose model is an earlier stage's export);
+    ``earlier_stages``: ``{name: export directory}`` of the job's stages before this one."""
     from tessera.core.trainer import check_trainer
 
-    composition = compose(cfg, plugins)
+    composition = compose(cfg, plugins, earlier_stages)
     check_trainer(cfg.trainer)
     splits = load_splits(cfg.data, labelled=composition.needs_labels)
     if check_model:
@@ -76,15 +85,15 @@ def _phase(name: str, timings: dict):
 
 
 def execute(run: Run, splits: Splits) -> dict:
-    """Run every phase of a prepared stage and return its test metrics."""
+    """Run every phase of a prepared stage and return the final model's test metrics."""
     from tessera.core.adapting import apply_adapters
     from tessera.core.evaluate import evaluate_objectives, markdown_report
-    from tessera.core.export import export
     from tessera.core.max_length import resolve_max_length
     from tessera.core.models import load_model, load_tokenizer
     from tessera.core.trainer import Trainer, planned_steps
 
     cfg, timings = run.cfg, {}
+    compressors = run.composition.selected("compress")
     write_status(run.dir, "running", composition=run.composition.describe())
     try:
         train, validation, test = splits.train, splits.validation, splits.test
@@ -100,6 +109,8 @@ def execute(run: Run, splits: Splits) -> dict:
             items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
             run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
             model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)
+            for compressor in compressors:
+                model = compressor.prepare(model, run)
             model = apply_adapters(model, run.composition.selected("adapter"), run)
             for retriever in run.composition.selected("kg"):
                 model = retriever.attach(model, run)
@@ -115,19 +126,73 @@ def execute(run: Run, splits: Splits) -> dict:
         with _phase("evaluate", timings):
             metrics = evaluate_objectives(run, model, tokenizer, test, "test")
             run.events.evaluation("test", metrics)
-        with _phase("export", timings):
-            export(run, model.cpu(), tokenizer, metrics, cfg.model.pretrained)
+        target = run.dir / "export"
+        with atomic_directory(target, owned=True) as partial:
+            with _phase("merge", timings):
+                if not compressors:
+                    model = model.cpu()
+                model, unmerged, notes = fold_adapters(run, model, None if compressors else partial / "adapters")
+            compression = None
+            if compressors:
+                model, metrics, compression = _compress(run, model, tokenizer, items, test, metrics, timings)
+            with _phase("export", timings):
+                export_format = compression["export_format"] if compression else HUGGINGFACE
+
+                def card() -> str:
+                    if compression:
+                        compression["compressed"]["size_bytes"] = weights_on_disk(partial)
+                    return model_card(run, metrics, cfg.model.pretrained, unmerged, notes, compression)
+
+                write_export(partial, run, model, tokenizer, export_format, card)
+        run.events.export(target)
     except BaseException as error:
         state, details = ended(error, run.dir)
         write_status(run.dir, state, composition=run.composition.describe(), **details)
         run.events.run_end(state, {})
         raise
     timings["total"] = sum(timings.values())
+    if compression:
+        compression.pop("export_format")
     write_json(
         run.dir / "metrics.json",
-        {"test": metrics, "seconds": timings, "steps": run.total_steps, **trainer.history},
+        {
+            "test": metrics,
+            **({"compression": compression} if compression else {}),
+            "seconds": timings,
+            "steps": run.total_steps,
+            **trainer.history,
+        },
     )
     write_text(run.dir / "report.md", markdown_report(run.composition.describe(), metrics, timings))
     write_status(run.dir, "complete", composition=run.composition.describe(), test=metrics, seconds=timings["total"])
     run.events.run_end("complete", metrics)
     return metrics
+
+
+def _compress(run: Run, model, tokenizer, items, test, uncompressed: dict, timings: dict):
+    """The compression phase: measure the merged model, run the post-training compressors, evaluate the final model
+    again on ``test`` and measure it. Returns ``(final model, its test metrics, the compression record)``."""
+    from tessera.core.compression import compress, inference_throughput, parameter_stats, state_dict_bytes
+    from tessera.core.evaluate import evaluate_objectives
+
+    with _phase("compress", timings):
+        before = {"test": uncompressed, "size_bytes": state_dict_bytes(model), **parameter_stats(model)}
+        before["sentences_per_second"] = inference_throughput(run, model, tokenizer, test)
+        final, export_format, details = compress(run, model, tokenizer, items)
+    metrics = uncompressed
+    if details:  # a post-training compressor changed the model: the final model is evaluated again
+        with _phase("evaluate_compressed", timings):
+            metrics = evaluate_objectives(run, final, tokenizer, test, "test")
+            run.events.evaluation("compressed", metrics)
+    after = {**parameter_stats(final), "sentences_per_second": inference_throughput(run, final, tokenizer, test)}
+    record = {
+        "chain": [compressor.name for compressor in run.composition.selected("compress")],
+        "format": export_format.name,
+        "servable": export_format.not_servable is None,
+        "served_by": export_format.not_servable or "tessera serve (vLLM)",
+        "techniques": details,
+        **({"uncompressed": before} if details else {}),
+        "compressed": after,
+        "export_format": export_format,
+    }
+    return final, metrics, record

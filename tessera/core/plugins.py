@@ -40,6 +40,7 @@ BUILTIN_PLUGINS = {
     "tessera.retrievers": "tessera.plugins.retrievers",
     "tessera.augmenters": "tessera.plugins.augmenters",
     "tessera.adversaries": "tessera.plugins.adversaries",
+    "tessera.compressors": "tessera.plugins.compressors",
 }
 
 

@@ -22,6 +22,9 @@ class Composition:
     cfg: DictConfig
     plugins: Plugins
     techniques: dict[str, list[Technique]]
+    #: The earlier stages of the job: ``{name: export directory}`` (None while a sweep is only validated), for
+    #: techniques that name a stage (a teacher to distil from).
+    earlier_stages: dict[str, Path | None] = field(default_factory=dict)
 
     def selected(self, family: str) -> list[Technique]:
         """The techniques of ``family`` in config order."""
@@ -78,9 +81,10 @@ def _instantiate(plugins: Plugins, installed: Registry, family: str, name: str, 
     return spec.cls(config)
 
 
-def compose(cfg: DictConfig, plugins: Plugins) -> Composition:
+def compose(cfg: DictConfig, plugins: Plugins, earlier_stages: dict[str, Path | None] | None = None) -> Composition:
     """Instantiate and cross-check the techniques ``cfg`` selects, with the plugins of the process (``plugins``)
-    restricted by ``cfg.plugins``; raise a ``ConfigError`` before any work."""
+    restricted by ``cfg.plugins``; raise a ``ConfigError`` before any work. ``earlier_stages``: the job's stages
+    before this one (:attr:`Composition.earlier_stages`)."""
     admitted = plugins.restricted(
         None if cfg.plugins.allow is None else list(cfg.plugins.allow), list(cfg.plugins.block)
     )
@@ -90,7 +94,7 @@ def compose(cfg: DictConfig, plugins: Plugins) -> Composition:
         ]
         for family in CONFIG_FAMILIES
     }
-    composition = Composition(cfg, admitted, techniques)
+    composition = Composition(cfg, admitted, techniques, dict(earlier_stages or {}))
     objectives = composition.selected("objective")
     if not objectives:
         raise ConfigError(f"no objective selected: choose one of {', '.join(admitted.registry.names('objective'))}")
@@ -106,6 +110,12 @@ def compose(cfg: DictConfig, plugins: Plugins) -> Composition:
     adversaries = composition.selected("adversary")
     if len(adversaries) > 1:
         raise IncompatibleError(adversaries[0].label, adversaries[1].label, "a run has at most one adversary")
+    compressors = composition.selected("compress")
+    for terminal, after in zip(compressors, compressors[1:]):
+        if terminal.terminal:
+            raise IncompatibleError(
+                terminal.label, after.label, f"{terminal.name}'s model cannot be compressed further: put it last"
+            )
     for family, found in techniques.items():
         for position, technique in enumerate(found):
             technique.validate(composition)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from tessera.core.compression import Compressed, CompressionContext
     from tessera.core.run import Composition, Run
 
 
@@ -138,14 +139,37 @@ class Adversary(Technique):
 
 
 class Compressor(Technique):
-    """Transforms the trained model (pruning, quantization, sparsity, distillation). No engine calls it yet: a
-    selected compressor is refused (see :data:`FAMILIES`)."""
+    """Makes the trained model smaller or faster, at one or both of two places (:mod:`tessera.core.compression`).
+
+    **Post-training** (:meth:`compress`): after training and the test evaluation, on the model with its adapters
+    merged, with the tokenizer and a seeded calibration sample of the training split. The post-training
+    compressors chain in config order, each receiving the model the one before returned; the final model is
+    evaluated again on the test split and its export is written by the last format of the chain.
+
+    **Training-time**: the trainer's seams. :meth:`prepare` changes the model before the adapters are applied (a
+    student with fewer layers), :meth:`training_loss` changes the loss of each batch (distillation), and lifecycle
+    events implemented on the instance act during training (masks at ``tessera_before_optimizer_step``).
+    """
 
     family = "compress"
+    #: Whether the model it returns cannot be compressed further (a quantized or ONNX model): a terminal
+    #: compressor must come last in the chain.
+    terminal: ClassVar[bool] = False
 
-    @abstractmethod
-    def compress(self, model, run: Run):
-        """Return the compressed model."""
+    def prepare(self, model, run: Run):
+        """Return the model to train in place of ``model`` (before the adapters are applied). Default: unchanged."""
+        return model
+
+    def training_loss(self, loss, outputs, batch):
+        """Return the loss of a training batch given the objectives' weighted ``loss`` and the model's ``outputs``
+        (the loss seam, after the objectives). Default: ``loss`` unchanged."""
+        return loss
+
+    def compress(self, model, context: CompressionContext) -> Compressed | None:
+        """Return the compressed model and its export format, or None when this technique acts only during
+        training. ``model`` has the adapters merged; ``context`` has the run, the tokenizer and calibration
+        items."""
+        return None
 
 
 class Ensembler(Technique):
@@ -248,9 +272,9 @@ FAMILIES: dict[str, Family] = {
             "compress",
             Compressor,
             "tessera_compressors",
-            "A compressor transforms a trained model (pruning, quantization...). tessera has no compression "
-            "engine yet: selecting a compressor is refused.",
-            engine=False,
+            "A compressor makes the trained model smaller or faster: after training on the merged model "
+            "(``compress``, chained in config order, deciding how the export is written) or at the trainer's seams "
+            "(``prepare``, ``training_loss``, lifecycle events).",
         ),
         Family(
             "ensemble",

@@ -1,6 +1,6 @@
 """tessera's training loop on accelerate, with named seams where techniques act.
 
-Seams, in the order of a step: **loss** (the objectives, weighted), **backward** (the adversary when one is
+Seams, in the order of a step: **loss** (the objectives, weighted, then the compressors' ``training_loss``), **backward** (the adversary when one is
 selected, else a plain backward), **before the optimizer step** (gradient clipping, then the
 ``tessera_before_optimizer_step`` event), **step end** (the ``tessera_step_end`` event, then a checkpoint when due).
 A checkpoint holds the trainable weights, the optimizer, the schedule, the RNG states and the position in the
@@ -159,6 +159,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         self.objectives = run.composition.selected("objective")
+        self.compressors = run.composition.selected("compress")
         adversaries = run.composition.selected("adversary")
         self.adversary = adversaries[0] if adversaries else None
         self.checkpoint_dir = run.dir / "checkpoints"
@@ -169,9 +170,13 @@ class Trainer:
     # --- seams ---------------------------------------------------------------------------------------------
 
     def compute_loss(self, batch):
-        """The loss seam: one forward pass, then the weighted sum of the objectives' losses."""
+        """The loss seam: one forward pass, the weighted sum of the objectives' losses, then each compressor's
+        ``training_loss`` in config order (distillation)."""
         outputs = self.model(**model_inputs(batch))
-        return sum(objective.config.weight * objective.loss(outputs, batch) for objective in self.objectives)
+        loss = sum(objective.config.weight * objective.loss(outputs, batch) for objective in self.objectives)
+        for compressor in self.compressors:
+            loss = compressor.training_loss(loss, outputs, batch)
+        return loss
 
     def make_batch(self, indices: list[int], position: int) -> dict:
         """Collate the items at ``indices`` and let every objective transform the batch (seeded by the batch's

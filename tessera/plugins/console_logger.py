@@ -37,7 +37,7 @@ def tessera_epoch_end(run, epoch, metrics):
 
 @hookimpl
 def tessera_evaluation(run, split, metrics):
-    if split != "test":
+    if split == "validation":
         return  # validation metrics are shown at each epoch's end
     from rich.console import Console
 

@@ -36,7 +36,7 @@ def tessera_epoch_end(run, epoch, metrics):
 
 @hookimpl
 def tessera_evaluation(run, split, metrics):
-    if split != "test":
+    if split == "validation":
         return  # validation is written per epoch by tessera_epoch_end
     writer = _writer(run)
     for key, value in _scalars(metrics).items():

@@ -1,0 +1,14 @@
+"""Built-in compressors, one module per technique; shared model surgery in :mod:`.surgery`.
+
+docs/compression.md has the techniques, how they chain and what serves their exports.
+"""
+
+from tessera import hookimpl
+from tessera.plugins.compressors.magnitude_prune import MagnitudePrune
+
+COMPRESSORS = [MagnitudePrune]
+
+
+@hookimpl
+def tessera_compressors():
+    return COMPRESSORS
