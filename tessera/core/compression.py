@@ -93,6 +93,8 @@ def parameter_stats(model) -> dict:
     if isinstance(model, torch.nn.Module):
         for module in model.modules():
             weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.sparse.SparseSemiStructuredTensor):  # 2:4 sparse: counted as its dense form
+                weight = weight.to_dense()
             if isinstance(module, torch.nn.Linear) and isinstance(weight, torch.Tensor) and weight.is_floating_point():
                 zeros += int((weight == 0).sum())
                 total += weight.numel()
