@@ -60,13 +60,15 @@ def dropped_positions(drop_layers, count: int, label: str) -> list[int]:
         try:
             positions = sorted({int(position) for position in drop_layers})
         except (TypeError, ValueError):
-            raise ConfigError(f"{label}: drop_layers={drop_layers} is neither a count nor a list of positions")
+            raise ConfigError(
+                f"{label}: drop_layers={drop_layers} is neither a count nor a list of positions"
+            ) from None
+        if any(not 0 <= position < count for position in positions):
+            raise ConfigError(f"{label}: drop_layers={drop_layers} names positions outside 0..{count - 1}")
     else:
         if drop_layers < 0:
             raise ConfigError(f"{label}: drop_layers={drop_layers} is negative: give a count or a list of positions")
-        positions = list(range(count - drop_layers, count))
-    if any(not 0 <= position < count for position in positions):
-        raise ConfigError(f"{label}: drop_layers={list(drop_layers)} names positions outside 0..{count - 1}")
+        positions = list(range(max(0, count - drop_layers), count))
     if len(positions) >= count:
         raise ConfigError(f"{label}: drop_layers={drop_layers} removes all {count} layers: keep at least one")
     return positions
