@@ -93,8 +93,13 @@ def parameter_stats(model) -> dict:
 
     if not isinstance(model, torch.nn.Module):
         return {"parameters": None, "sparsity": None}
-    weights = [m.weight for _, m in layer_linears(model) if isinstance(m.weight, torch.Tensor)]
-    weights = [w for w in weights if w.is_floating_point()]
+    weights = []
+    for _, module in layer_linears(model):
+        weight = module.weight
+        if isinstance(weight, torch.sparse.SparseSemiStructuredTensor):  # 2:4 sparse: counted as its dense form
+            weight = weight.to_dense()
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+            weights.append(weight)
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
     return {"parameters": sum(p.numel() for p in model.parameters()), "sparsity": zeros / total if total else None}
