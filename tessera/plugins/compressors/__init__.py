@@ -4,9 +4,10 @@ docs/compression.md has the techniques, how they chain and what serves their exp
 """
 
 from tessera import hookimpl
+from tessera.plugins.compressors.distill import Distill
 from tessera.plugins.compressors.magnitude_prune import MagnitudePrune
 
-COMPRESSORS = [MagnitudePrune]
+COMPRESSORS = [MagnitudePrune, Distill]
 
 
 @hookimpl
