@@ -171,3 +171,40 @@ def test_the_distill_job_trains_a_smaller_student_that_reloads_and_predicts_as_t
         probabilities = torch.softmax(student.eval()(**batch).logits.float(), dim=-1).double().numpy()
     np.testing.assert_allclose(probabilities, [row["probabilities"] for row in rows], atol=1e-5)
     assert "| accuracy |" in (run_dir / "report.md").read_text()
+
+
+def test_a_causal_lm_student_identical_to_its_teacher_starts_with_no_distillation_loss(tmp_path):
+    """KD on token logits and hidden-state matching: a student that is its teacher (Llama: no dropout) has
+    nothing to learn from it at the first step (the layer outputs before the final norm are matched, under the same
+    autocast); the task term is off (alpha=1)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tessera.core.assets import asset_path
+    from tessera.core.cli import compose_config
+    from tessera.core.pipeline import execute, prepare
+
+    teacher = tmp_path / "teacher"
+    source = asset_path("smollm2")
+    overrides = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2}
+    config = AutoConfig.from_pretrained(source, intermediate_size=128, **overrides)
+    AutoModelForCausalLM.from_config(config).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(source).save_pretrained(teacher)
+    distill = ["compress=distill", f"compress.distill.teacher={teacher}", "compress.distill.alpha=1"]
+    cfg = compose_config(
+        [
+            *TINY,
+            "model=tiny_llama",
+            f"model.pretrained={teacher}",
+            "model.random_init=false",
+            "objective=clm",
+            "adapter=none",
+            "trainer.max_steps=2",
+            *distill,
+            "compress.distill.hidden_weight=1",
+        ],
+        plugins(),
+    )
+    run, splits = prepare(cfg, tmp_path / "run", plugins())
+    execute(run, splits)
+    losses = [step["loss"] for step in load_json(run.dir / "metrics.json")["train"]]
+    assert len(losses) == 2 and losses[0] < 1e-6

@@ -72,6 +72,27 @@ def layer_mapping(student_layers: int, teacher_layers: int) -> list[int]:
     return [(position + 1) * teacher_layers // student_layers - 1 for position in range(student_layers)]
 
 
+class LayerOutputs:
+    """The output of each transformer layer of a model in its latest forward pass (only in training passes with
+    ``training_only``), recorded by forward hooks: the layers' own outputs, before any final norm."""
+
+    def __init__(self, model, training_only: bool):
+        self.training_only = training_only
+        self.outputs: dict[int, object] = {}
+        for position, layer in enumerate(layer_list(model)):
+            layer.register_forward_hook(functools.partial(self._record, position))
+
+    def _record(self, position: int, module, inputs, output) -> None:
+        if module.training or not self.training_only:
+            self.outputs[position] = output[0] if isinstance(output, tuple) else output
+
+    def take(self) -> list:
+        """The recorded outputs in layer order, forgotten afterwards."""
+        found = [self.outputs[position] for position in sorted(self.outputs)]
+        self.outputs.clear()
+        return found
+
+
 @functools.cache
 def _vocabulary(directory: str) -> tuple:
     from transformers import AutoTokenizer
@@ -100,8 +121,8 @@ class Distill(Compressor):
     def __init__(self, config):
         super().__init__(config)
         self.run = self.teacher = self.task = None
-        #: The student's layer outputs of the current training forward pass, by layer position.
-        self.student_states: dict[int, object] = {}
+        #: The layer outputs of both models, for hidden-state matching.
+        self.student_states = self.teacher_states = None
 
     # --- validation ----------------------------------------------------------------------------------------
 
@@ -219,16 +240,13 @@ class Distill(Compressor):
                     f"the teacher's hidden size is {teacher_config.hidden_size} and the student's "
                     f"{model.config.hidden_size}: set hidden_weight=0 (logits only)",
                 )
-            for position, layer in enumerate(layer_list(model)):
-                layer.register_forward_hook(functools.partial(self._record_state, position))
+            self.student_states = LayerOutputs(model, training_only=True)
         transformers.logging.set_verbosity_error()
         auto_class = getattr(transformers, AUTO_CLASSES[self.task])
         self.teacher = auto_class.from_pretrained(teacher_dir, dtype=torch.float32).eval().requires_grad_(False)
+        if self.config.hidden_weight:
+            self.teacher_states = LayerOutputs(self.teacher, training_only=False)
         return model
-
-    def _record_state(self, position: int, module, inputs, output) -> None:
-        if module.training:
-            self.student_states[position] = output[0] if isinstance(output, tuple) else output
 
     def training_loss(self, loss, outputs, batch):
         """``alpha * KD + (1 - alpha) * loss`` (+ ``hidden_weight`` * hidden-state MSE), the KD term in float32."""
@@ -244,7 +262,7 @@ class Distill(Compressor):
         _, precision = resolve_device(self.run.cfg.trainer)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            teacher = self.teacher(**model_inputs(batch), output_hidden_states=bool(self.config.hidden_weight))
+            teacher = self.teacher(**model_inputs(batch))
         mask = None
         if self.task == "causal-lm":  # the positions whose next token is a target
             targets = batch.get("lm_labels")
@@ -253,11 +271,8 @@ class Distill(Compressor):
         kd = distillation_loss(student_logits, teacher.logits, self.config.temperature, mask)
         total = self.config.alpha * kd + (1 - self.config.alpha) * loss
         if self.config.hidden_weight:
-            student_states = [self.student_states[position] for position in sorted(self.student_states)]
-            mapping = layer_mapping(len(student_states), len(teacher.hidden_states) - 1)
-            teacher_states = [teacher.hidden_states[index + 1] for index in mapping]
-            total = total + self.config.hidden_weight * hidden_state_loss(
-                student_states, teacher_states, batch["attention_mask"]
-            )
-            self.student_states.clear()
+            student_states, teacher_states = self.student_states.take(), self.teacher_states.take()
+            matched = [teacher_states[index] for index in layer_mapping(len(student_states), len(teacher_states))]
+            hidden = hidden_state_loss(student_states, matched, batch["attention_mask"])
+            total = total + self.config.hidden_weight * hidden
         return total
