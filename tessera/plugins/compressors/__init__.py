@@ -4,12 +4,13 @@ docs/compression.md has the techniques, how they chain and what serves their exp
 """
 
 from tessera import hookimpl
+from tessera.plugins.compressors.distill import Distill
 from tessera.plugins.compressors.gradual_prune import GradualPrune
 from tessera.plugins.compressors.magnitude_prune import MagnitudePrune
 from tessera.plugins.compressors.semi_structured import SemiStructured
 from tessera.plugins.compressors.structured_prune import StructuredPrune
 
-COMPRESSORS = [MagnitudePrune, GradualPrune, StructuredPrune, SemiStructured]
+COMPRESSORS = [MagnitudePrune, GradualPrune, StructuredPrune, SemiStructured, Distill]
 
 
 @hookimpl
