@@ -5,8 +5,9 @@ docs/compression.md has the techniques, how they chain and what serves their exp
 
 from tessera import hookimpl
 from tessera.plugins.compressors.magnitude_prune import MagnitudePrune
+from tessera.plugins.compressors.quantize import Quantize
 
-COMPRESSORS = [MagnitudePrune]
+COMPRESSORS = [MagnitudePrune, Quantize]
 
 
 @hookimpl
