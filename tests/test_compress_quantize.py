@@ -47,6 +47,11 @@ def hydra_store():
             ["model=smollm2", "compress.quantize.scheme=W4A16", "compress.quantize.group_size=128"],
             "with model=smollm2: its hidden_size (576) is not a multiple of the group size; choose group_size=64",
         ),
+        (
+            ["compress.quantize.method=smoothquant"],
+            "compress=quantize method=smoothquant cannot be combined with model=tiny: llm-compressor's SmoothQuant "
+            "smooths Llama-style layers (input_layernorm -> q/k/v_proj), which BertForSequenceClassification lacks",
+        ),
         (["compress=[quantize,magnitude_prune]"], "quantize's model cannot be compressed further: put it last"),
     ],
 )
@@ -60,6 +65,8 @@ def test_group_sizes_that_divide_the_layers_are_accepted():
     for model, group_size in [("tiny", 64), ("tiny_llama", 32), ("smollm2", 64)]:
         overrides = [f"model={model}", "compress.quantize.scheme=W4A16", f"compress.quantize.group_size={group_size}"]
         validate(["experiment=smoke", "compress=quantize", *overrides], plugins())
+    smoothquant = ["model=tiny_llama", "objective=clm", "compress.quantize.method=smoothquant"]
+    validate(["experiment=smoke", "compress=quantize", *smoothquant], plugins())
 
 
 # --- the export of a quantized model, in process ----------------------------------------------------------------

@@ -71,6 +71,8 @@ class Quantize(Compressor):
             raise ConfigError(f"{self.label}: method={config.method} is not one of {', '.join(METHODS)}")
         if config.method == "smoothquant" and config.scheme != "W8A8":
             raise ConfigError(f"{self.label}: method=smoothquant smooths activations for W8A8: use scheme=W8A8")
+        if config.method == "smoothquant":
+            check_smoothquant_layers(self.label, composition)
         if config.method != "rtn" and config.calibration_samples < 1:
             raise ConfigError(f"{self.label}: calibration_samples={config.calibration_samples} must be at least 1")
         if config.scheme == "W4A16":
@@ -114,6 +116,23 @@ def linear_input_sizes(model_cfg) -> dict[str, int]:
     if head_dim:
         sizes["num_attention_heads * head_dim"] = config.num_attention_heads * head_dim
     return sizes
+
+
+def check_smoothquant_layers(label: str, composition) -> None:
+    """Refuse ``method=smoothquant`` on a model whose layers llm-compressor's SmoothQuant mappings do not match
+    (they smooth ``input_layernorm`` into ``q/k/v_proj`` and ``post_attention_layernorm`` into the feed-forward
+    input, Llama's layout; BERT's post-norm layers have no such pairs and would be quantized unsmoothed)."""
+    from tessera.core.models import module_names
+
+    names = module_names(composition.cfg.model, composition.task)
+    if not any(name.endswith("input_layernorm") for name in names) or not any(n.endswith("q_proj") for n in names):
+        architecture = next(iter(names.values()))
+        raise IncompatibleError(
+            f"{label} method=smoothquant",
+            f"model={composition.cfg.model.name}",
+            f"llm-compressor's SmoothQuant smooths Llama-style layers (input_layernorm -> q/k/v_proj), which "
+            f"{architecture} lacks; use method=gptq or method=rtn",
+        )
 
 
 def quantization_config(model, scheme: str, group_size: int):
@@ -229,7 +248,7 @@ import transformers
 from datasets import Dataset
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
-from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+from llmcompressor.modifiers.transform import SmoothQuantModifier
 
 work = Path(sys.argv[1])
 job = json.loads((work / "job.json").read_text())
