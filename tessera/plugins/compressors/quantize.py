@@ -256,14 +256,10 @@ model = getattr(transformers, job["auto_class"]).from_pretrained(work / "model",
 rows = [json.loads(line) for line in (work / "calibration.jsonl").read_text().splitlines()]
 dataset = Dataset.from_list(rows)
 if job["scheme"] == "W8A8":
-    scheme = "W8A8"
+    arguments = {"targets": ["Linear"], "scheme": "W8A8", "ignore": job["ignore"]}
 else:
-    scheme = {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": True,
-              "strategy": "group", "group_size": job["group_size"]}}}
-if isinstance(scheme, dict):
-    arguments = {"config_groups": scheme, "ignore": job["ignore"]}
-else:
-    arguments = {"targets": ["Linear"], "scheme": scheme, "ignore": job["ignore"]}
+    weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": job["group_size"]}
+    arguments = {"config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}, "ignore": job["ignore"]}
 if job["method"] == "smoothquant":
     recipe = [SmoothQuantModifier(smoothing_strength=0.8), QuantizationModifier(**arguments)]
 else:
@@ -279,9 +275,9 @@ def llmcompressor_oneshot(model, context, config: QuantizeConfig):
     import transformers
     from transformers import CompressedTensorsConfig
 
-    python = llmcompressor_python()
     from tessera.core.models import AUTO_CLASSES
 
+    python = llmcompressor_python()
     plan = quantization_config(model, config.scheme, config.group_size)
     auto_class = AUTO_CLASSES[context.run.composition.task]
     with tempfile.TemporaryDirectory(prefix="tessera-quantize-") as work:
