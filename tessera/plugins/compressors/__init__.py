@@ -7,10 +7,11 @@ from tessera import hookimpl
 from tessera.plugins.compressors.distill import Distill
 from tessera.plugins.compressors.gradual_prune import GradualPrune
 from tessera.plugins.compressors.magnitude_prune import MagnitudePrune
+from tessera.plugins.compressors.quantize import Quantize
 from tessera.plugins.compressors.semi_structured import SemiStructured
 from tessera.plugins.compressors.structured_prune import StructuredPrune
 
-COMPRESSORS = [MagnitudePrune, GradualPrune, StructuredPrune, SemiStructured, Distill]
+COMPRESSORS = [MagnitudePrune, GradualPrune, StructuredPrune, SemiStructured, Distill, Quantize]
 
 
 @hookimpl
