@@ -85,7 +85,8 @@ class CompressionContext:
 
 def parameter_stats(model) -> dict:
     """``parameters`` (all elements of the model's parameters) and ``sparsity`` (the fraction of zeros in the
-    weight matrices of its linear layers, where pruning acts)."""
+    float weight matrices of its linear layers, where pruning acts; quantized weights, tensor subclasses, are not
+    counted)."""
     import torch
 
     parameters = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
@@ -93,7 +94,8 @@ def parameter_stats(model) -> dict:
     if isinstance(model, torch.nn.Module):
         for module in model.modules():
             weight = getattr(module, "weight", None)
-            if isinstance(module, torch.nn.Linear) and isinstance(weight, torch.Tensor) and weight.is_floating_point():
+            plain = type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.is_floating_point()
+            if isinstance(module, torch.nn.Linear) and plain:
                 zeros += int((weight == 0).sum())
                 total += weight.numel()
     return {"parameters": parameters, "sparsity": zeros / total if total else None}

@@ -5,8 +5,10 @@ docs/compression.md has the techniques, how they chain and what serves their exp
 
 from tessera import hookimpl
 from tessera.plugins.compressors.magnitude_prune import MagnitudePrune
+from tessera.plugins.compressors.onnx import Onnx
+from tessera.plugins.compressors.torchao import Torchao
 
-COMPRESSORS = [MagnitudePrune]
+COMPRESSORS = [MagnitudePrune, Torchao, Onnx]
 
 
 @hookimpl
