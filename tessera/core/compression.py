@@ -98,8 +98,8 @@ def parameter_stats(model) -> dict:
         weight = module.weight
         if isinstance(weight, torch.sparse.SparseSemiStructuredTensor):  # 2:4 sparse: counted as its dense form
             weight = weight.to_dense()
-        if isinstance(weight, torch.Tensor) and weight.is_floating_point():
-            weights.append(weight)
+        if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.is_floating_point():
+            weights.append(weight)  # quantized weights (tensor subclasses) are not counted
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
     return {"parameters": sum(p.numel() for p in model.parameters()), "sparsity": zeros / total if total else None}
