@@ -87,7 +87,7 @@ def test_onnx_export_runs_in_onnxruntime_and_predicts_what_the_run_predicted(onn
     compression = load_json(onnx_run / "metrics.json")["compression"]
     assert compression["format"] == "onnx" and not compression["servable"]
     details = compression["techniques"]["onnx"]
-    assert details["quantized"] and details["checked_on"] == 64
+    assert details["quantized"] and details["per_channel"] and details["checked_on"] == 64
     assert details["float_max_probability_difference"] < 1e-4
     assert details["int8_agreement_with_float"] >= 0.9
     assert compression["compressed"]["size_bytes"] < compression["uncompressed"]["size_bytes"] / 3

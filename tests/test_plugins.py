@@ -107,30 +107,30 @@ def test_a_block_list_naming_no_installed_plugin_warns():
     assert "warning: TESSERA_PLUGINS_BLOCK names 'tessera.consle'" in human.stderr
 
 
-ENSEMBLER_PLUGIN = """
+AGGREGATOR_PLUGIN = """
 from tessera import hookimpl
-from tessera.core.techniques import Ensembler
+from tessera.core.techniques import Aggregator
 
-class Vote(Ensembler):
-    name = "vote"
-    def combine(self, model, run):
-        raise AssertionError("no engine calls an ensembler yet")
+class Median(Aggregator):
+    name = "median"
+    def aggregate(self, global_state, updates, round_number):
+        raise AssertionError("no engine calls an aggregator yet")
 
 @hookimpl
-def tessera_ensemblers():
-    return [Vote]
+def tessera_aggregators():
+    return [Median]
 """
 
 
 def test_a_technique_of_a_family_without_an_engine_is_refused_in_one_line(tmp_path):
-    make_plugin(tmp_path, "voter", ENSEMBLER_PLUGIN)
+    make_plugin(tmp_path, "robust", AGGREGATOR_PLUGIN)
     env = {"PYTHONPATH": str(tmp_path)}
-    assert "vote" in plugins_json(env)["techniques"]["ensemble"]
-    result = tessera("train", "experiment=smoke", "ensemble=vote", f"hydra.run.dir={tmp_path}/run", env=env)
+    assert "median" in plugins_json(env)["techniques"]["aggregator"]
+    result = tessera("train", "experiment=smoke", "aggregator=median", f"hydra.run.dir={tmp_path}/run", env=env)
     assert result.returncode == 2 and not (tmp_path / "run").exists()
     assert result.stderr.strip().splitlines() == [
-        "error: ensemble=vote cannot run: tessera has no engine for the ensemble family yet, so nothing would call "
-        "it; remove it (ensemble=none)"
+        "error: aggregator=median cannot run: tessera has no engine for the aggregator family yet, so nothing would "
+        "call it; remove it (aggregator=none)"
     ]
 
 

@@ -107,6 +107,29 @@ def classification_metrics(labels: list[int], probabilities, label_names: list[s
     return result
 
 
+def classification_report(run, examples: list[dict], probabilities, split: str) -> dict:
+    """The classification metrics and loss of ``probabilities`` (one row per example) against the examples' labels;
+    for ``test`` also the confusion matrix and ROC curve (PNG) and ``predictions.jsonl`` in the run directory."""
+    import json
+
+    import numpy as np
+
+    from tessera.core.files import write_text
+
+    labels = [e["label"] for e in examples]
+    label_names = run.state["labels"]
+    metrics = classification_metrics(labels, probabilities, label_names)
+    metrics["loss"] = float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-12))))
+    if split == "test":
+        save_plots(labels, probabilities, label_names, run.dir)
+        rows = (
+            {"text": e["text"], "label": e["label"], "prediction": int(p.argmax()), "probabilities": p.tolist()}
+            for e, p in zip(examples, probabilities)
+        )
+        write_text(run.dir / "predictions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    return metrics
+
+
 def save_plots(labels: list[int], probabilities, label_names: list[str], directory: Path) -> list[Path]:
     """Write ``confusion_matrix.png`` and ``roc_curve.png`` into ``directory``; return their paths."""
     import matplotlib

@@ -54,6 +54,13 @@ def is_decoder(model_cfg) -> bool:
     return config.get("model_type") not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
+def vocabulary(directory) -> tuple:
+    """The tokenizer vocabulary of a model directory, comparable between two models (same tokenizer or not)."""
+    from transformers import AutoTokenizer
+
+    return tuple(sorted(AutoTokenizer.from_pretrained(directory).get_vocab().items()))
+
+
 def load_tokenizer(model_cfg):
     """The tokenizer of the base model, with a padding token."""
     from transformers import AutoTokenizer

@@ -87,88 +87,100 @@ def _phase(name: str, timings: dict):
 
 
 def execute(run: Run, splits: Splits) -> dict:
-    """Run every phase of a prepared stage and return the final model's test metrics."""
-    from tessera.core.adapting import apply_adapters
-    from tessera.core.evaluate import evaluate_objectives, markdown_report
-    from tessera.core.max_length import resolve_max_length
-    from tessera.core.models import load_model, load_tokenizer
-    from tessera.core.trainer import Trainer, planned_steps
+    """Run every phase of a prepared stage (a training stage, or an ensemble stage that consumes its members'
+    exports) and return the final model's test metrics."""
+    from tessera.core.evaluate import markdown_report
 
-    cfg, timings = run.cfg, {}
-    compressors = run.composition.selected("compress")
+    timings: dict[str, float] = {}
     write_status(run.dir, "running", composition=run.composition.describe())
     try:
-        train, validation, test = splits.train, splits.validation, splits.test
-        resolve_max_length(run, train)  # before the kg phase, whose text injection keeps within it
-        with _phase("augment", timings):
-            for augmenter in run.composition.selected("augment"):
-                train = augmenter.augment(train, cfg.trainer.seed)
-        with _phase("kg", timings):
-            for retriever in run.composition.selected("kg"):
-                train, validation, test = (retriever.enrich(split, run) for split in (train, validation, test))
-        with _phase("model", timings):
-            tokenizer = load_tokenizer(cfg.model)
-            items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
-            run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
-            model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)
-            for compressor in compressors:
-                model = compressor.prepare(model, run)
-            model = apply_adapters(model, run.composition.selected("adapter"), run)
-            for retriever in run.composition.selected("kg"):
-                model = retriever.attach(model, run)
-        with _phase("train", timings):
+        if run.composition.selected("ensemble"):
+            from tessera.core.ensembling import ensemble_stage
 
-            def validate(trained) -> dict:
-                metrics = evaluate_objectives(run, trained, tokenizer, validation, "validation")
-                run.events.evaluation("validation", metrics)
-                return metrics
-
-            trainer = Trainer(run, model, items, tokenizer, validate)
-            model = trainer.fit()
-        with _phase("evaluate", timings):
-            metrics = evaluate_objectives(run, model, tokenizer, test, "test")
-            run.events.evaluation("test", metrics)
-        target = run.dir / "export"
-        with atomic_directory(target, owned=True) as partial:
-            with _phase("merge", timings):
-                if not compressors:
-                    model = model.cpu()
-                model, unmerged, notes = fold_adapters(run, model, None if compressors else partial / "adapters")
-            compression = None
-            if compressors:
-                model, metrics, compression = _compress(run, model, tokenizer, items, test, metrics, timings)
-            with _phase("export", timings):
-                export_format = compression["export_format"] if compression else HUGGINGFACE
-
-                def card() -> str:
-                    if compression:
-                        compression["compressed"]["size_bytes"] = weights_on_disk(partial)
-                    return model_card(run, metrics, cfg.model.pretrained, unmerged, notes, compression)
-
-                write_export(partial, run, model, tokenizer, export_format, card)
-        run.events.export(target)
+            metrics, record = ensemble_stage(run, splits, timings)
+        else:
+            metrics, record = _training_stage(run, splits, timings)
     except BaseException as error:
         state, details = ended(error, run.dir)
         write_status(run.dir, state, composition=run.composition.describe(), **details)
         run.events.run_end(state, {})
         raise
     timings["total"] = sum(timings.values())
-    if compression:
-        compression.pop("export_format")
-    write_json(
-        run.dir / "metrics.json",
-        {
-            "test": metrics,
-            **({"compression": compression} if compression else {}),
-            "seconds": timings,
-            "steps": run.total_steps,
-            **trainer.history,
-        },
-    )
+    write_json(run.dir / "metrics.json", {"test": metrics, **record, "seconds": timings})
     write_text(run.dir / "report.md", markdown_report(run.composition.describe(), metrics, timings))
     write_status(run.dir, "complete", composition=run.composition.describe(), test=metrics, seconds=timings["total"])
     run.events.run_end("complete", metrics)
     return metrics
+
+
+def _training_stage(run: Run, splits: Splits, timings: dict) -> tuple[dict, dict]:
+    """Train, evaluate, compress and export; return the final test metrics and the rest of ``metrics.json``."""
+    from tessera.core.adapting import apply_adapters
+    from tessera.core.evaluate import evaluate_objectives
+    from tessera.core.max_length import resolve_max_length
+    from tessera.core.models import load_model, load_tokenizer
+    from tessera.core.trainer import Trainer, planned_steps
+
+    cfg = run.cfg
+    train, validation, test = splits.train, splits.validation, splits.test
+    resolve_max_length(run, train)  # before the kg phase, whose text injection keeps within it
+    with _phase("augment", timings):
+        for augmenter in run.composition.selected("augment"):
+            train = augmenter.augment(train, cfg.trainer.seed)
+    with _phase("kg", timings):
+        for retriever in run.composition.selected("kg"):
+            train, validation, test = (retriever.enrich(split, run) for split in (train, validation, test))
+    with _phase("model", timings):
+        tokenizer = load_tokenizer(cfg.model)
+        items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
+        run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
+        model = load_model(cfg.model, run.composition.task, splits.labels, tokenizer, cfg.trainer.seed)
+        for compressor in run.composition.selected("compress"):
+            model = compressor.prepare(model, run)
+        model = apply_adapters(model, run.composition.selected("adapter"), run)
+        for retriever in run.composition.selected("kg"):
+            model = retriever.attach(model, run)
+    with _phase("train", timings):
+
+        def validate(trained) -> dict:
+            metrics = evaluate_objectives(run, trained, tokenizer, validation, "validation")
+            run.events.evaluation("validation", metrics)
+            return metrics
+
+        trainer = Trainer(run, model, items, tokenizer, validate)
+        model = trainer.fit()
+    with _phase("evaluate", timings):
+        metrics = evaluate_objectives(run, model, tokenizer, test, "test")
+        run.events.evaluation("test", metrics)
+    metrics, record = export_model(run, model, tokenizer, items, test, metrics, timings)
+    return metrics, {**record, "steps": run.total_steps, **trainer.history}
+
+
+def export_model(run: Run, model, tokenizer, items: list[dict], test: list[dict], metrics: dict, timings: dict):
+    """Merge the adapters, run the post-training compressors (evaluating the final model again on ``test``) and
+    write ``export/``; return the final test metrics and ``{"compression": ...}`` for ``metrics.json`` (empty
+    without compressors). ``items`` are the training items the calibration sample is drawn from."""
+    compressors = run.composition.selected("compress")
+    target = run.dir / "export"
+    with atomic_directory(target, owned=True) as partial:
+        with _phase("merge", timings):
+            if not compressors:
+                model = model.cpu()
+            model, unmerged, notes = fold_adapters(run, model, None if compressors else partial / "adapters")
+        compression = None
+        if compressors:
+            model, metrics, compression = _compress(run, model, tokenizer, items, test, metrics, timings)
+        with _phase("export", timings):
+            export_format = compression.pop("export_format") if compression else HUGGINGFACE
+
+            def card() -> str:
+                if compression:
+                    compression["compressed"]["size_bytes"] = weights_on_disk(partial)
+                return model_card(run, metrics, run.cfg.model.pretrained, unmerged, notes, compression)
+
+            write_export(partial, run, model, tokenizer, export_format, card)
+    run.events.export(target)
+    return metrics, ({"compression": compression} if compression else {})
 
 
 def _compress(run: Run, model, tokenizer, items, test, uncompressed: dict, timings: dict):

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = {
     "tessera.augmenters": "tessera.plugins.augmenters",
     "tessera.adversaries": "tessera.plugins.adversaries",
     "tessera.compressors": "tessera.plugins.compressors",
+    "tessera.ensemblers": "tessera.plugins.ensemblers",
 }
 
 

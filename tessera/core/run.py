@@ -51,6 +51,24 @@ class Composition:
         """Whether any objective needs labelled data."""
         return any(objective.needs_labels for objective in self.selected("objective"))
 
+    def model_directory(self, reference: str, label: str) -> Path | None:
+        """The Hugging Face model directory ``reference`` names: an earlier stage of the job (its export; None while
+        that stage has not run), a run directory (its ``export/``) or a model directory. ``label`` names the option
+        in the one-line error for anything else."""
+        if reference in self.earlier_stages:
+            export = self.earlier_stages[reference]
+            return export if export is not None and (export / "config.json").is_file() else None
+        path = Path(reference).expanduser()
+        if (path / "export" / "config.json").is_file():
+            return path / "export"
+        if not (path / "config.json").is_file():
+            stages = ", ".join(self.earlier_stages) or "none"
+            raise ConfigError(
+                f"{label}={reference} is neither an earlier stage of this job (earlier stages: {stages}) nor a run "
+                "or Hugging Face model directory (no config.json)"
+            )
+        return path
+
     def describe(self) -> dict[str, list[str]]:
         """``{family: [names]}`` for the families that have a selection (for reports and model cards)."""
         return {family: [t.name for t in found] for family, found in self.techniques.items() if found}

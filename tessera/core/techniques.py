@@ -11,11 +11,12 @@ instance is registered with the run's plugin manager, so it hears the events of 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 if TYPE_CHECKING:
     from tessera.core.compression import Compressed, CompressionContext
+    from tessera.core.ensembling import EnsembleContext
     from tessera.core.run import Composition, Run
 
 
@@ -81,8 +82,9 @@ class Objective(Technique):
         """The loss tensor of ``batch`` given the model's ``outputs`` (one forward pass serves all objectives)."""
 
     def evaluate(self, run: Run, model, tokenizer, examples: list[dict], split: str) -> dict:
-        """Task metrics beyond the mean loss on ``examples`` (e.g. accuracy); ``split`` is ``validation`` or
-        ``test`` (write artifacts such as plots into ``run.dir`` only for ``test``). The default adds nothing."""
+        """Task metrics beyond the mean loss on ``examples`` (e.g. accuracy); ``split`` is ``validation``,
+        ``test``, or ``member`` (a member of an ensemble stage on the test split); write artifacts such as plots
+        into ``run.dir`` only for ``test``. The default adds nothing."""
         return {}
 
 
@@ -172,14 +174,68 @@ class Compressor(Technique):
         return None
 
 
+@dataclass
+class EnsembleConfig(TechniqueConfig):
+    """The members of an ensemble and their weights; ensemblers' configs subclass it."""
+
+    #: Earlier stages of the job, run directories or Hugging Face model directories; empty: every earlier stage.
+    members: list[str] = field(default_factory=list)
+    #: One weight per member (normalised to sum to 1); null: equal weights.
+    weights: Optional[list[float]] = None
+
+
 class Ensembler(Technique):
-    """Combines several trained models or their outputs. No engine calls it yet: a selected ensembler is refused."""
+    """Combines the exports of several trained models (the members) in a stage of its own, which trains nothing
+    (:mod:`tessera.core.ensembling`). Subclass one of the two kinds: :class:`WeightMerger` merges the members'
+    parameters into one model, exported and served like a trained one; :class:`OutputCombiner` combines their
+    predictions."""
 
     family = "ensemble"
+    Config = EnsembleConfig
+    #: ``weights`` (one merged model) or ``outputs`` (combined predictions), set by the two kinds.
+    space: ClassVar[str]
+
+    def validate(self, composition: Composition) -> None:
+        """The members exist, complete, and can be combined; the stage selects nothing that trains. Subclasses
+        that add checks call ``super().validate(composition)``."""
+        from tessera.core.ensembling import validate_ensemble
+
+        validate_ensemble(self, composition)
+
+
+class WeightMerger(Ensembler):
+    """An ensembler whose result is one model: the members' parameters merged."""
+
+    space = "weights"
 
     @abstractmethod
-    def combine(self, model, run: Run):
-        """Return the ensembled model."""
+    def merge(self, members: list[dict], base: dict | None, context: EnsembleContext) -> dict:
+        """The merged state dict from the members' state dicts (float32 tensors of the same names and shapes, in
+        member order); ``base`` is the state dict of the members' common base model, for task vectors
+        (``member - base``; a tensor the base lacks, as a new head, is missing from it), or None."""
+
+
+class OutputCombiner(Ensembler):
+    """An ensembler that combines the members' class probabilities."""
+
+    space = "outputs"
+
+    def fit(self, probabilities: list, labels) -> None:
+        """Learn from the members' validation class probabilities (one ``[examples, classes]`` numpy array per
+        member) and the validation labels (stacking). Default: nothing to learn."""
+
+    @abstractmethod
+    def combine(self, probabilities: list, weights: list[float]):
+        """The ensemble's class probabilities from the members' (a ``[examples, classes]`` numpy array each) and
+        their weights (normalised to sum to 1)."""
+
+    def state(self) -> dict:
+        """What :meth:`fit` learned, as JSON (written to the export's ``ensemble.json``; :meth:`load_state` reads
+        it back when the ensemble is served). Default: nothing."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
 
 
 class KGRetriever(Technique):
@@ -280,9 +336,9 @@ FAMILIES: dict[str, Family] = {
             "ensemble",
             Ensembler,
             "tessera_ensemblers",
-            "An ensembler combines several trained models or their outputs. tessera has no ensemble engine yet: "
-            "selecting an ensembler is refused.",
-            engine=False,
+            "An ensembler combines the exports of several trained models (its members) in a stage that trains "
+            "nothing: a ``WeightMerger`` merges their parameters into one model, an ``OutputCombiner`` combines "
+            "their class probabilities.",
         ),
         Family(
             "kg",

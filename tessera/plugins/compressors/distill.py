@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from tessera.core.errors import ConfigError, IncompatibleError
+from tessera.core.models import vocabulary
 from tessera.core.techniques import Compressor, TechniqueConfig
 from tessera.plugins.compressors.surgery import keep_layers, layer_list, spread
 
@@ -94,12 +95,6 @@ class LayerOutputs:
 
 
 @functools.cache
-def _vocabulary(directory: str) -> tuple:
-    from transformers import AutoTokenizer
-
-    return tuple(sorted(AutoTokenizer.from_pretrained(directory).get_vocab().items()))
-
-
 def _model_dir(pretrained: str) -> Path:
     from tessera.core.models import pretrained_path
 
@@ -174,24 +169,13 @@ class Distill(Compressor):
 
     def _teacher_dir(self, composition) -> Path | None:
         """The teacher's model directory; None for an earlier stage whose export does not exist yet."""
-        name = self.config.teacher
-        if name in composition.earlier_stages:
-            export = composition.earlier_stages[name]
-            return export if export is not None and (export / "config.json").is_file() else None
-        path = Path(name).expanduser()
-        if not (path / "config.json").is_file():
-            stages = ", ".join(composition.earlier_stages) or "none"
-            raise ConfigError(
-                f"{self.label}: teacher={name} is neither an earlier stage of this job (earlier stages: {stages}) "
-                "nor a Hugging Face model directory (no config.json)"
-            )
-        return path
+        return composition.model_directory(self.config.teacher, f"{self.label}: teacher")
 
     def _check_tokenizers(self, teacher_source: str | None, student_source: str) -> None:
         if teacher_source is None or teacher_source == student_source:
             return
         teacher_dir = teacher_source if Path(teacher_source).is_dir() else str(_model_dir(teacher_source))
-        if _vocabulary(teacher_dir) != _vocabulary(str(_model_dir(student_source))):
+        if vocabulary(teacher_dir) != vocabulary(str(_model_dir(student_source))):
             raise ConfigError(
                 f"{self.label}: the teacher {self.config.teacher} has another tokenizer than "
                 f"model.pretrained={student_source} (their vocabularies differ): distil into a model of the "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from tessera.core.techniques import Objective, ObjectiveConfig
@@ -35,34 +34,9 @@ class Classification(Objective):
     def evaluate(self, run, model, tokenizer, examples, split):
         """Accuracy, macro-F1, precision, recall, ROC AUC and loss; for ``test`` also the confusion matrix and ROC
         curve (PNG) and ``predictions.jsonl`` in the run directory."""
-        import numpy as np
-
-        from tessera.core.evaluate import classification_metrics, predict_probabilities, save_plots
-        from tessera.core.files import write_text
+        from tessera.core.evaluate import classification_report, predict_probabilities
 
         if not examples:
             return {}
         items = self.items(examples, tokenizer, run.cfg.data.max_length, run.cfg.trainer.seed)
-        probabilities = predict_probabilities(run, model, tokenizer, items)
-        labels = [e["label"] for e in examples]
-        label_names = run.state["labels"]
-        metrics = classification_metrics(labels, probabilities, label_names)
-        metrics["loss"] = float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-12))))
-        if split == "test":
-            save_plots(labels, probabilities, label_names, run.dir)
-            write_text(
-                run.dir / "predictions.jsonl",
-                "".join(
-                    json.dumps(
-                        {
-                            "text": e["text"],
-                            "label": e["label"],
-                            "prediction": int(p.argmax()),
-                            "probabilities": p.tolist(),
-                        }
-                    )
-                    + "\n"
-                    for e, p in zip(examples, probabilities)
-                ),
-            )
-        return metrics
+        return classification_report(run, examples, predict_probabilities(run, model, tokenizer, items), split)

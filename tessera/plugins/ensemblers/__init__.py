@@ -1,0 +1,16 @@
+"""Built-in ensemblers, one module per method: weight-space merges (:class:`~tessera.core.techniques.WeightMerger`)
+and output-space combiners (:class:`~tessera.core.techniques.OutputCombiner`).
+
+docs/ensembles.md has the methods, their members and what serves their exports.
+"""
+
+from tessera import hookimpl
+from tessera.plugins.ensemblers.average import Average
+from tessera.plugins.ensemblers.linear import Linear
+
+ENSEMBLERS = [Linear, Average]
+
+
+@hookimpl
+def tessera_ensemblers():
+    return ENSEMBLERS
