@@ -136,6 +136,8 @@ class StructuredPrune(Compressor):
             )
 
     def compress(self, model, context):
+        """Score the structures once (on the whole model), remove the FFN neurons and key-value groups, then the
+        layers; the config is updated at each step so it describes the model."""
         config = self.config
         layers = layer_list(model)
         count = len(layers)
