@@ -1,6 +1,8 @@
 """``compress=quantize`` (round to nearest through compressed-tensors): bad input refused before any work; the
 export reloads in transformers and predicts as the in-memory quantized model; a smoke run's W8A8 classifier is
-measured in metrics.json, reloads like its predictions.jsonl and is served by vLLM; a tiny Llama's W4A16 run."""
+measured in metrics.json, reloads like its predictions.jsonl and is served by vLLM; a tiny Llama's W4A16 run.
+``method=smoothquant`` and ``gptq`` (llm-compressor, in an environment built on first use) are not run here: they
+would build that environment."""
 
 from __future__ import annotations
 
@@ -52,6 +54,10 @@ def hydra_store():
             "compress=quantize method=smoothquant cannot be combined with model=tiny: llm-compressor's SmoothQuant "
             "smooths Llama-style layers (input_layernorm -> q/k/v_proj), which BertForSequenceClassification lacks",
         ),
+        (
+            ["compress.quantize.method=gptq", "compress.quantize.calibration_samples=0"],
+            "compress=quantize: calibration_samples=0 must be at least 1",
+        ),
         (["compress=[quantize,magnitude_prune]"], "quantize's model cannot be compressed further: put it last"),
     ],
 )
@@ -61,7 +67,7 @@ def test_bad_input_is_refused_in_one_line(overrides, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_group_sizes_that_divide_the_layers_are_accepted():
+def test_workable_settings_are_accepted():
     for model, group_size in [("tiny", 64), ("tiny_llama", 32), ("smollm2", 64)]:
         overrides = [f"model={model}", "compress.quantize.scheme=W4A16", f"compress.quantize.group_size={group_size}"]
         validate(["experiment=smoke", "compress=quantize", *overrides], plugins())

@@ -82,9 +82,7 @@ def compression_section(metrics: dict, compression: dict) -> list[str]:
     before, after = compression.get("uncompressed", {}), compression["compressed"]
     rows = [("size on disk (MB)", "size_bytes", 1e-6), ("parameters", "parameters", 1)]
     rows += [("sparsity of linear weights", "sparsity", 1), ("sentences per second", "sentences_per_second", 1)]
-    scalar = [
-        k for k, v in metrics.items() if isinstance(v, float) and isinstance(before.get("test", {}).get(k), float)
-    ]
+    scalar = [k for k, v in metrics.items() if isinstance(v, float) and isinstance(before.get("test", {}).get(k), float)]
 
     def cell(value, scale=1):
         if value is None:
@@ -100,10 +98,7 @@ def compression_section(metrics: dict, compression: dict) -> list[str]:
         "| | uncompressed | final |",
         "|---|---|---|",
         *[f"| test {key} | {cell(before['test'][key])} | {cell(metrics[key])} |" for key in scalar],
-        *[
-            f"| {label} | {cell(before.get(key), scale)} | {cell(after.get(key), scale)} |"
-            for label, key, scale in rows
-        ],
+        *[f"| {label} | {cell(before.get(key), scale)} | {cell(after.get(key), scale)} |" for label, key, scale in rows],
         "",
     ]
     return lines
