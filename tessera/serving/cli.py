@@ -51,7 +51,7 @@ def serve(argv: list[str]) -> int:
     from tessera.core.plugins import discover
     from tessera.serving.launcher import VllmServer
     from tessera.serving.settings import load_settings
-    from tessera.serving.target import ROUTES, ServeError, resolve, run_config
+    from tessera.serving.target import ROUTES, ServeError, resolve, run_config, vllm_refusal
 
     parser = _Parser(prog="tessera serve", description="Serve a run's export through vLLM's OpenAI-compatible API.")
     parser.add_argument("path", help="a run directory (outputs/<date>/<time>), its export/, or a model directory")
@@ -64,6 +64,9 @@ def serve(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     settings = load_settings(run_config(args.path), _overrides(args))
     target = resolve(args.path, discover(), name=settings.name, merged=settings.merged)
+    refusal = vllm_refusal(target.model_dir)
+    if refusal:
+        raise ServeError(refusal)
     print(f"tessera serve: starting vLLM on {target.model_dir} ({target.kind})", flush=True)
     for note in target.notes:
         print(f"tessera serve: {note}", flush=True)
@@ -88,7 +91,7 @@ def serve(argv: list[str]) -> int:
 
 
 def predict(argv: list[str]) -> int:
-    """``tessera predict MODEL_OR_RUN_DIR FILE [--output OUT] [--engine auto|vllm|transformers] ...``."""
+    """``tessera predict MODEL_OR_RUN_DIR FILE [--output OUT] [--engine auto|vllm|transformers|onnxruntime] ...``."""
     from pathlib import Path
 
     from tessera.serving.predict import predict_file
@@ -102,9 +105,9 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--text-column", default="text", help="the input column of a .csv / .jsonl file")
     parser.add_argument(
         "--engine",
-        choices=("auto", "vllm", "transformers"),
+        choices=("auto", "vllm", "transformers", "onnxruntime"),
         default="auto",
-        help="auto: vLLM when installed, else transformers",
+        help="auto: ONNX Runtime for an ONNX export; else vLLM when installed and it serves the export; else transformers",
     )
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per generation")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")

