@@ -248,10 +248,9 @@ class Distill(Compressor):
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             teacher = self.teacher(**model_inputs(batch))
         mask = None
-        if self.task == "causal-lm":  # the positions whose next token is a target
-            targets = batch.get("lm_labels")
-            mask = batch["attention_mask"].bool() if targets is None else targets != IGNORE_INDEX
-            mask = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+        if self.task == "causal-lm":  # the positions whose next token is a target of the objective
+            targets = batch["lm_labels"] != IGNORE_INDEX
+            mask = torch.cat([targets[:, 1:], torch.zeros_like(targets[:, :1])], dim=1)
         kd = distillation_loss(student_logits, teacher.logits, self.config.temperature, mask)
         total = self.config.alpha * kd + (1 - self.config.alpha) * loss
         if self.config.hidden_weight:
