@@ -1,12 +1,17 @@
 """tessera: compose large-model techniques as plugins into one pipeline."""
 
+import logging
 import os
 
 import pluggy
 
-# torchao (imported by PEFT and transformers when installed) tries to load its CUDA kernels on import and prints a
-# failure for each on a CPU machine; tessera uses its CPU paths only where a GPU is absent.
-os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+# torchao, which transformers imports whenever it is installed, loads CUDA kernels on import; on a machine without
+# an NVIDIA GPU they cannot load and it warns for each: skip them there, quietly. Its enums also make torch 2.13's
+# pytree warn once each: noise in every run that is not the user's to fix.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 

@@ -84,21 +84,25 @@ class CompressionContext:
 
 
 def parameter_stats(model) -> dict:
-    """``parameters`` (all elements of the model's parameters) and ``sparsity`` (the fraction of zeros in the
-    float weight matrices of its linear layers, where pruning acts; quantized weights, tensor subclasses, are not
-    counted)."""
+    """``parameters`` (all elements of the model's parameters; None for a model that has none, as an ONNX Runtime
+    session) and ``sparsity`` (the fraction of zeros in the floating-point weights of the linear layers inside the
+    transformer layers, where pruning acts; None when there are none, as in a quantized model)."""
     import torch
 
-    parameters = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
-    zeros = total = 0
-    if isinstance(model, torch.nn.Module):
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            plain = type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.is_floating_point()
-            if isinstance(module, torch.nn.Linear) and plain:
-                zeros += int((weight == 0).sum())
-                total += weight.numel()
-    return {"parameters": parameters, "sparsity": zeros / total if total else None}
+    from tessera.plugins.compressors.surgery import layer_linears
+
+    if not isinstance(model, torch.nn.Module):
+        return {"parameters": None, "sparsity": None}
+    weights = []
+    for _, module in layer_linears(model):
+        weight = module.weight
+        if isinstance(weight, torch.sparse.SparseSemiStructuredTensor):  # 2:4 sparse: counted as its dense form
+            weight = weight.to_dense()
+        if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.is_floating_point():
+            weights.append(weight)  # quantized weights (tensor subclasses) are not counted
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "sparsity": zeros / total if total else None}
 
 
 def state_dict_bytes(model) -> int:
@@ -132,9 +136,16 @@ def compress(run: Run, model, tokenizer, train_items: list[dict]) -> tuple[objec
     return model, export_format, details
 
 
+#: How many test examples, and how many timed passes over them, the throughput of a compressed run is measured on.
+THROUGHPUT_EXAMPLES, THROUGHPUT_PASSES = 256, 3
+
+
 def inference_throughput(run: Run, model, tokenizer, examples: list[dict]) -> float | None:
-    """Sentences per second of ``model``'s forward passes over ``examples`` (tokenized by the run's objective, at
-    ``trainer.eval_batch_size``), after one warm-up batch; None without examples."""
+    """Sentences per second of ``model``'s forward passes over the first :data:`THROUGHPUT_EXAMPLES` of
+    ``examples`` (tokenized by the run's objective, at ``trainer.eval_batch_size``): the median of
+    :data:`THROUGHPUT_PASSES` timed passes after one warm-up batch; None without examples."""
+    import statistics
+
     import torch
 
     from tessera.core.batching import model_inputs
@@ -142,14 +153,17 @@ def inference_throughput(run: Run, model, tokenizer, examples: list[dict]) -> fl
 
     if not examples:
         return None
+    examples = examples[:THROUGHPUT_EXAMPLES]
     items = run.composition.item_builder.items(examples, tokenizer, run.cfg.data.max_length, run.cfg.trainer.seed)
     if hasattr(model, "eval"):
         model.eval()
+    rates = []
     with torch.inference_mode():
         batches = [batch for _, batch in eval_batches(run, model, tokenizer, items)]
         model(**model_inputs(batches[0]))
-        started = time.perf_counter()
-        for batch in batches:
-            model(**model_inputs(batch))
-        elapsed = time.perf_counter() - started
-    return len(items) / elapsed if elapsed > 0 else None
+        for _ in range(THROUGHPUT_PASSES):
+            started = time.perf_counter()
+            for batch in batches:
+                model(**model_inputs(batch))
+            rates.append(len(items) / max(time.perf_counter() - started, 1e-9))
+    return statistics.median(rates)

@@ -77,13 +77,29 @@ def plan(
 def validate(stages: list[Stage], plugins: Plugins) -> None:
     """Check every stage's composition and data before any stage runs (no heavy work)."""
     for position, stage in enumerate(stages):
-        prepare(stage.cfg, None, plugins, check_model=stage.init == BASE, earlier_stages=earlier(stages, position))
+        prepare(
+            stage.cfg,
+            None,
+            plugins,
+            check_model=stage.init == BASE,
+            earlier_stages=earlier(stages, position),
+            earlier_bases=earlier_bases(stages, position),
+        )
 
 
 def earlier(stages: list[Stage], position: int) -> dict[str, Path | None]:
     """``{name: export directory}`` of the stages before ``stages[position]`` (None for a stage without a
     directory: a job that is only validated)."""
     return {stage.name: stage.dir / "export" if stage.dir else None for stage in stages[:position]}
+
+
+def earlier_bases(stages: list[Stage], position: int) -> dict[str, str]:
+    """``{name: model.pretrained}`` of the base model each stage before ``stages[position]`` descends from, followed
+    through ``init`` (its export has that model's tokenizer)."""
+    bases: dict[str, str] = {}
+    for stage in stages[:position]:
+        bases[stage.name] = stage.cfg.model.pretrained if stage.init == BASE else bases[stage.init]
+    return bases
 
 
 def discard_unstarted(run_dir: Path) -> None:
@@ -172,7 +188,12 @@ class Job:
             write_text(stage.dir / "config.yaml", OmegaConf.to_yaml(cfg))
         position = self.stages.index(stage)
         run, splits = prepare(
-            cfg, stage.dir, self.plugins, check_model=stage.init == BASE, earlier_stages=earlier(self.stages, position)
+            cfg,
+            stage.dir,
+            self.plugins,
+            check_model=stage.init == BASE,
+            earlier_stages=earlier(self.stages, position),
+            earlier_bases=earlier_bases(self.stages, position),
         )
         log.info("%s directory: %s", "stage " + stage.name if self.multi_stage else "run", stage.dir)
         log.info("composition: %s", run.composition.describe())

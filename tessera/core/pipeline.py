@@ -36,14 +36,16 @@ def prepare(
     plugins: Plugins,
     check_model: bool = True,
     earlier_stages: dict[str, Path | None] | None = None,
+    earlier_bases: dict[str, str] | None = None,
 ) -> tuple[Run, Splits]:
     """Validate the whole composition (techniques, data, assets) and return the run; no heavy work.
 
     ``check_model=False`` skips the base-model check (a stage whose model is an earlier stage's export);
-    ``earlier_stages``: ``{name: export directory}`` of the job's stages before this one."""
+    ``earlier_stages``: ``{name: export directory}`` of the job's stages before this one; ``earlier_bases``:
+    ``{name: the base model.pretrained its model descends from}`` of the same stages."""
     from tessera.core.trainer import check_trainer
 
-    composition = compose(cfg, plugins, earlier_stages)
+    composition = compose(cfg, plugins, earlier_stages, earlier_bases)
     check_trainer(cfg.trainer)
     splits = load_splits(cfg.data, labelled=composition.needs_labels)
     if check_model:

@@ -25,6 +25,9 @@ class Composition:
     #: The earlier stages of the job: ``{name: export directory}`` (None while a sweep is only validated), for
     #: techniques that name a stage (a teacher to distil from).
     earlier_stages: dict[str, Path | None] = field(default_factory=dict)
+    #: The base model (``model.pretrained``) each earlier stage's model descends from through ``init``, so a
+    #: technique can check an earlier stage's tokenizer before its export exists.
+    earlier_bases: dict[str, str] = field(default_factory=dict)
 
     def selected(self, family: str) -> list[Technique]:
         """The techniques of ``family`` in config order."""
@@ -81,10 +84,15 @@ def _instantiate(plugins: Plugins, installed: Registry, family: str, name: str, 
     return spec.cls(config)
 
 
-def compose(cfg: DictConfig, plugins: Plugins, earlier_stages: dict[str, Path | None] | None = None) -> Composition:
+def compose(
+    cfg: DictConfig,
+    plugins: Plugins,
+    earlier_stages: dict[str, Path | None] | None = None,
+    earlier_bases: dict[str, str] | None = None,
+) -> Composition:
     """Instantiate and cross-check the techniques ``cfg`` selects, with the plugins of the process (``plugins``)
-    restricted by ``cfg.plugins``; raise a ``ConfigError`` before any work. ``earlier_stages``: the job's stages
-    before this one (:attr:`Composition.earlier_stages`)."""
+    restricted by ``cfg.plugins``; raise a ``ConfigError`` before any work. ``earlier_stages``, ``earlier_bases``:
+    the job's stages before this one (:attr:`Composition.earlier_stages`, :attr:`Composition.earlier_bases`)."""
     admitted = plugins.restricted(
         None if cfg.plugins.allow is None else list(cfg.plugins.allow), list(cfg.plugins.block)
     )
@@ -94,7 +102,7 @@ def compose(cfg: DictConfig, plugins: Plugins, earlier_stages: dict[str, Path | 
         ]
         for family in CONFIG_FAMILIES
     }
-    composition = Composition(cfg, admitted, techniques, dict(earlier_stages or {}))
+    composition = Composition(cfg, admitted, techniques, dict(earlier_stages or {}), dict(earlier_bases or {}))
     objectives = composition.selected("objective")
     if not objectives:
         raise ConfigError(f"no objective selected: choose one of {', '.join(admitted.registry.names('objective'))}")

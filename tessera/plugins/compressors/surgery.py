@@ -25,7 +25,8 @@ def keep_layers(model, keep: list[int]):
     if not keep or any(not 0 <= index < count for index in keep) or len(set(keep)) != len(keep):
         raise ConfigError(f"layers to keep {list(keep)} must be distinct positions in 0..{count - 1}")
     kept = [layers[index] for index in keep]
-    layers[:] = kept
+    del layers[:]  # nn.ModuleList has no slice assignment
+    layers.extend(kept)
     for position, layer in enumerate(kept):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
