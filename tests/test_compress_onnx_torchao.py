@@ -93,12 +93,13 @@ def test_onnx_export_runs_in_onnxruntime_and_predicts_what_the_run_predicted(onn
     assert compression["compressed"]["size_bytes"] < compression["uncompressed"]["size_bytes"] / 3
     export = onnx_run / "export"
     assert (export / "model.onnx").is_file() and not list(export.glob("*.safetensors"))
-    model = OnnxClassifier.from_directory(export)
+    model = OnnxClassifier.from_directory(export, threads=1)  # as the run (trainer.num_threads=1): the same sums
     assert model.config.id2label == {0: "negative", 1: "positive"}
     texts, expected = run_predictions(onnx_run)
     got = classify(model, AutoTokenizer.from_pretrained(export), texts, trained_max_length(onnx_run))
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(predict_with_cli(onnx_run, texts, tmp_path), expected, atol=1e-5)
+    # on every core: a float sum in another order may move an int8 activation by one step
+    np.testing.assert_allclose(predict_with_cli(onnx_run, texts, tmp_path), expected, atol=1e-4)
 
 
 def test_serve_refuses_torchao_and_onnx_exports_in_one_line_naming_predict(torchao_run, onnx_run):

@@ -112,12 +112,13 @@ def export_classifier(model, sample: dict) -> bytes:
         return path.read_bytes()
 
 
-def quantize_graph(graph: bytes) -> bytes:
-    """The graph with ONNX Runtime's dynamic int8 quantization (int8 weights, activations quantized per call)."""
+def quantize_graph(graph: bytes, per_channel: bool) -> bytes:
+    """The graph with ONNX Runtime's dynamic int8 quantization (int8 weights, activations quantized per call);
+    ``per_channel``: a weight scale per output channel instead of one per matrix."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="tessera-onnx-") as scratch:
         source, target = Path(scratch) / "float.onnx", Path(scratch) / ONNX_FILE
         source.write_bytes(graph)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=per_channel)
         return target.read_bytes()

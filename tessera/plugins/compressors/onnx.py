@@ -18,11 +18,13 @@ FLOAT_TOLERANCE = 1e-3
 
 @dataclass
 class OnnxConfig(TechniqueConfig):
-    """Whether the exported graph is quantized."""
+    """Whether the exported graph is quantized, and how finely."""
 
     #: ONNX Runtime's dynamic int8 quantization (``quantize_dynamic``: int8 weights, activations per call); false
     #: exports the float32 graph.
     quantize: bool = True
+    #: With ``quantize``: a weight scale per output channel (true) or one per weight matrix (false).
+    per_channel: bool = True
 
 
 def save_onnx(model, tokenizer, directory) -> None:
@@ -81,7 +83,8 @@ class Onnx(Compressor):
             )
         details = {"quantized": self.config.quantize, "float_max_probability_difference": difference}
         if self.config.quantize:
-            exported = OnnxClassifier(quantize_graph(graph), config, threads)
+            details["per_channel"] = self.config.per_channel
+            exported = OnnxClassifier(quantize_graph(graph, self.config.per_channel), config, threads)
             quantized = torch.softmax(exported(**inputs).logits, dim=-1).numpy()
             details["int8_max_probability_difference"] = float(np.abs(quantized - float_probabilities).max())
             details["int8_agreement_with_float"] = float((quantized.argmax(1) == float_probabilities.argmax(1)).mean())
