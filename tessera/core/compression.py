@@ -36,6 +36,8 @@ class ExportFormat:
     save: Callable[[object, object, Path], None]
     #: None when ``tessera serve`` (vLLM) serves the export; otherwise one line saying what serves it instead.
     not_servable: str | None = None
+    #: The Python lines of the model card's "Use" section; None: loading with the transformers Auto class.
+    usage: tuple[str, ...] | None = None
 
 
 def save_huggingface(model, tokenizer, directory: Path) -> None:

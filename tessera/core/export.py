@@ -32,6 +32,7 @@ def model_card(
     unmerged: list[str],
     notes: list[str] = (),
     compression: dict | None = None,
+    usage: tuple[str, ...] | None = None,
 ) -> str:
     """The ``README.md`` of the export: front matter for the Hub, the composition, the test metrics (of the final
     model) and, for a compressed run, the uncompressed model's figures beside the final ones."""
@@ -65,9 +66,14 @@ def model_card(
         "## Use",
         "",
         "```python",
-        f"from transformers import {AUTO_CLASSES[run.composition.task]}, AutoTokenizer",
-        f'model = {AUTO_CLASSES[run.composition.task]}.from_pretrained("export")',
-        'tokenizer = AutoTokenizer.from_pretrained("export")',
+        *(
+            usage
+            or (
+                f"from transformers import {AUTO_CLASSES[run.composition.task]}, AutoTokenizer",
+                f'model = {AUTO_CLASSES[run.composition.task]}.from_pretrained("export")',
+                'tokenizer = AutoTokenizer.from_pretrained("export")',
+            )
+        ),
         "```",
     ]
     if unmerged:
@@ -82,7 +88,9 @@ def compression_section(metrics: dict, compression: dict) -> list[str]:
     before, after = compression.get("uncompressed", {}), compression["compressed"]
     rows = [("size on disk (MB)", "size_bytes", 1e-6), ("parameters", "parameters", 1)]
     rows += [("sparsity of linear weights", "sparsity", 1), ("sentences per second", "sentences_per_second", 1)]
-    scalar = [k for k, v in metrics.items() if isinstance(v, float) and isinstance(before.get("test", {}).get(k), float)]
+    scalar = [
+        k for k, v in metrics.items() if isinstance(v, float) and isinstance(before.get("test", {}).get(k), float)
+    ]
 
     def cell(value, scale=1):
         if value is None:
@@ -98,7 +106,10 @@ def compression_section(metrics: dict, compression: dict) -> list[str]:
         "| | uncompressed | final |",
         "|---|---|---|",
         *[f"| test {key} | {cell(before['test'][key])} | {cell(metrics[key])} |" for key in scalar],
-        *[f"| {label} | {cell(before.get(key), scale)} | {cell(after.get(key), scale)} |" for label, key, scale in rows],
+        *[
+            f"| {label} | {cell(before.get(key), scale)} | {cell(after.get(key), scale)} |"
+            for label, key, scale in rows
+        ],
         "",
     ]
     return lines

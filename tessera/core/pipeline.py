@@ -176,7 +176,9 @@ def export_model(run: Run, model, tokenizer, items: list[dict], test: list[dict]
             def card() -> str:
                 if compression:
                     compression["compressed"]["size_bytes"] = weights_on_disk(partial)
-                return model_card(run, metrics, run.cfg.model.pretrained, unmerged, notes, compression)
+                return model_card(
+                    run, metrics, run.cfg.model.pretrained, unmerged, notes, compression, export_format.usage
+                )
 
             write_export(partial, run, model, tokenizer, export_format, card)
     run.events.export(target)

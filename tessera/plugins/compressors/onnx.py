@@ -36,6 +36,14 @@ ONNX = ExportFormat(
     "onnx",
     save_onnx,
     not_servable="vLLM does not serve ONNX: run it with tessera predict RUN_DIR FILE (ONNX Runtime)",
+    usage=(
+        "import onnxruntime",
+        "from transformers import AutoTokenizer",
+        'session = onnxruntime.InferenceSession("export/model.onnx")',
+        'tokenizer = AutoTokenizer.from_pretrained("export")',
+        'inputs = tokenizer(["a gripping film"], return_tensors="np")',
+        "logits = session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})[0]",
+    ),
 )
 
 

@@ -59,9 +59,7 @@ def layer_linears(model) -> list[tuple[str, object]]:
     layers = layer_list(model)
     prefix = next(name for name, module in model.named_modules() if module is layers)
     return [
-        (f"{prefix}.{name}", module)
-        for name, module in layers.named_modules()
-        if isinstance(module, torch.nn.Linear)
+        (f"{prefix}.{name}", module) for name, module in layers.named_modules() if isinstance(module, torch.nn.Linear)
     ]
 
 
