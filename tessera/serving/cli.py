@@ -49,6 +49,8 @@ def _signals(handler):
 def serve(argv: list[str]) -> int:
     """``tessera serve RUN_DIR|MODEL_DIR [--host H] [--port P] [--api-key K] [KEY=VALUE...]``."""
     from tessera.core.plugins import discover
+    from tessera.serving.ensemble import ROUTE as ENSEMBLE_ROUTE
+    from tessera.serving.ensemble import Ensemble, EnsembleServer, ensemble_export
     from tessera.serving.launcher import VllmServer
     from tessera.serving.settings import load_settings
     from tessera.serving.target import ROUTES, ServeError, resolve, run_config, vllm_refusal
@@ -63,20 +65,28 @@ def serve(argv: list[str]) -> int:
     _settings_argument(parser)
     args = parser.parse_intermixed_args(argv)
     settings = load_settings(run_config(args.path), _overrides(args))
-    target = resolve(args.path, discover(), name=settings.name, merged=settings.merged)
-    refusal = vllm_refusal(target.model_dir)
-    if refusal:
-        raise ServeError(refusal)
-    print(f"tessera serve: starting vLLM on {target.model_dir} ({target.kind})", flush=True)
-    for note in target.notes:
-        print(f"tessera serve: {note}", flush=True)
-    server = VllmServer(target, settings, verbose=args.verbose, echo=lambda line: print(line, flush=True))
+    echo = lambda line: print(line, flush=True)  # noqa: E731
+    export = ensemble_export(args.path)
+    if export is not None:
+        ensemble = Ensemble.load(export, discover())
+        names = ", ".join(ensemble.member_names)
+        print(f"tessera serve: starting vLLM on the members of the ensemble {export} ({names})", flush=True)
+        server, route = EnsembleServer(ensemble, settings, verbose=args.verbose, echo=echo), ENSEMBLE_ROUTE
+    else:
+        target = resolve(args.path, discover(), name=settings.name, merged=settings.merged)
+        refusal = vllm_refusal(target.model_dir)
+        if refusal:
+            raise ServeError(refusal)
+        print(f"tessera serve: starting vLLM on {target.model_dir} ({target.kind})", flush=True)
+        for note in target.notes:
+            print(f"tessera serve: {note}", flush=True)
+        server = VllmServer(target, settings, verbose=args.verbose, echo=echo)
+        route = f"{ROUTES[target.kind]}; GET /metrics"
     try:
         with _signals(_interrupt):  # Ctrl-C and SIGTERM stop the server the same way
             server.start()
             print(
-                f"tessera serve: ready at {server.url} models: {', '.join(server.models())} "
-                f"({ROUTES[target.kind]}; GET /metrics); Ctrl-C stops",
+                f"tessera serve: ready at {server.url} models: {', '.join(server.models())} ({route}); Ctrl-C stops",
                 flush=True,
             )
             status = server.wait()

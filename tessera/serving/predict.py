@@ -186,14 +186,19 @@ def choose_engine(engine: str, target: ServeTarget) -> str:
     return engine
 
 
+def _classified(texts: list[str], names: list[str], results: list) -> list[dict]:
+    """A classifier's rows: the text, the most probable label and every label's probability."""
+    return [
+        {"text": text, "label": names[max(range(len(p)), key=p.__getitem__)], "probabilities": dict(zip(names, p))}
+        for text, p in zip(texts, results)
+    ]
+
+
 def _rows(target: ServeTarget, texts: list[str], inputs: list[str], results: list) -> list[dict]:
     if target.kind == "classify":
         config = json.loads((target.model_dir / "config.json").read_text(encoding="utf-8"))
         names = [config.get("id2label", {}).get(str(i), f"LABEL_{i}") for i in range(len(results[0]))]
-        rows = [
-            {"text": text, "label": names[max(range(len(p)), key=p.__getitem__)], "probabilities": dict(zip(names, p))}
-            for text, p in zip(texts, results)
-        ]
+        rows = _classified(texts, names, results)
     else:
         rows = [{"prompt": text, "completion": completion} for text, completion in zip(texts, results)]
     if inputs != texts:
@@ -215,13 +220,24 @@ def predict_file(
 ) -> tuple[Path, str, int]:
     """Predict every text of ``file`` with the model of ``path``; ``(output file, engine used, count)``."""
     from tessera.core.plugins import discover
+    from tessera.serving.ensemble import ensemble_export, predict_ensemble
     from tessera.serving.settings import load_settings
     from tessera.serving.target import resolve, run_config
 
     plugins = discover()
     settings = load_settings(run_config(path), overrides)
-    target = resolve(path, plugins, name=settings.name, merged=True)
     file = Path(file)
+    output = output or file.with_name(f"{file.stem}.predictions.jsonl")
+    if ensemble_export(path) is not None:
+        if engine == "onnxruntime":
+            raise ServeError(f"{path} is an output-space ensemble of Hugging Face members: use --engine auto")
+        texts = read_texts(file, text_column)
+        names, results, engine = predict_ensemble(path, texts, engine, settings)
+        write_text(
+            output, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in _classified(texts, names, results))
+        )
+        return output, engine, len(texts)
+    target = resolve(path, plugins, name=settings.name, merged=True)
     texts = read_texts(file, text_column)
     inputs = texts
     if target.has_knowledge:
@@ -234,6 +250,5 @@ def predict_file(
         engine
     ]
     rows = _rows(target, texts, inputs, produce(target, settings, inputs, options))
-    output = output or file.with_name(f"{file.stem}.predictions.jsonl")
     write_text(output, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return output, engine, len(rows)

@@ -7,8 +7,10 @@ docs/ensembles.md has the methods, their members and what serves their exports.
 from tessera import hookimpl
 from tessera.plugins.ensemblers.average import Average
 from tessera.plugins.ensemblers.linear import Linear
+from tessera.plugins.ensemblers.stacking import Stacking
+from tessera.plugins.ensemblers.vote import Vote
 
-ENSEMBLERS = [Linear, Average]
+ENSEMBLERS = [Linear, Average, Vote, Stacking]
 
 
 @hookimpl
