@@ -182,7 +182,9 @@ def test_serve_answers_with_the_combined_probabilities_and_a_failing_member_stop
     assert " POST /classify 200 " in output
     broken = tmp_path / "broken"
     shutil.copytree(stage / "export", broken)
-    (broken / "members" / "b" / "model.safetensors").write_bytes(b"not a safetensors file")
+    config = load_json(broken / "members" / "b" / "config.json")
+    config["architectures"] = ["CorruptedForSequenceClassification"]  # vLLM refuses it as it starts the engine
+    (broken / "members" / "b" / "config.json").write_text(json.dumps(config))
     result = tessera("serve", str(broken), "--port", "0", timeout=600)
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]

@@ -123,25 +123,33 @@ def predict_ensemble(path, texts: list[str], engine: str, settings) -> tuple[lis
 
 
 def _start_all(servers: dict) -> None:
-    """Start the members' servers at once; when one cannot start, a one-line ``ServeError`` naming it (the caller
-    stops them all)."""
+    """Start the members' servers at once; as soon as one cannot start, stop them all and raise a one-line
+    ``ServeError`` naming it."""
     failures: dict[str, str] = {}
 
     def start(name, server):
         try:
             server.start()
         except ServeError as error:
-            failures[name] = str(error)
+            failures.setdefault(name, str(error))
 
     threads = [threading.Thread(target=start, args=item, daemon=True) for item in servers.items()]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():  # a timed join lets Ctrl-C through
-            thread.join(timeout=0.5)
+    try:
+        while any(thread.is_alive() for thread in threads) and not failures:
+            time.sleep(0.2)  # a short sleep lets Ctrl-C through
+    finally:
+        if failures or any(thread.is_alive() for thread in threads):
+            for server in servers.values():  # the servers still starting see their process end and give up
+                server.stop()
+            for thread in threads:
+                thread.join()
+            for server in servers.values():  # one that had not started its process yet when stopped
+                server.stop()
     if failures:
-        name = next(n for n in servers if n in failures)
-        raise ServeError(f"ensemble member {name} could not start, so the ensemble stops: {failures[name]}")
+        name, message = next(iter(failures.items()))  # the first to fail, not those stopped after it
+        raise ServeError(f"ensemble member {name} could not start, so the ensemble stops: {message}")
 
 
 class EnsembleServer:
