@@ -6,5 +6,7 @@
 - :mod:`tessera.serving.launcher` starts vLLM in its own process group with private scratch directories.
 - :mod:`tessera.serving.middleware` is tessera's layer inside vLLM's own HTTP server: request log and metrics,
   API-key checks on every route, and knowledge-graph prompt enrichment for runs with a ``kg`` retriever.
+- :mod:`tessera.serving.ensemble` serves an output-space ensemble at one endpoint: each member behind its own vLLM
+  server, their probabilities combined by the ensembler that made the export.
 - :mod:`tessera.serving.predict` runs a file through vLLM's offline ``LLM`` API, or transformers without vLLM.
 """

@@ -4,7 +4,8 @@ ONNX export.
 Inputs are a ``.txt`` file (one text per line) or a ``.csv`` / ``.jsonl`` file with a text column. The
 predictions go next to the input as JSON Lines, written atomically: ``{"text", "label", "probabilities"}`` per
 row for a classifier, ``{"prompt", "completion"}`` for a causal LM. A run is predicted with its merged export, its
-inputs enriched by its ``kg`` retrievers as in training.
+inputs enriched by its ``kg`` retrievers as in training; an output-space ensemble with each member, combined as the
+ensemble stage did (:func:`tessera.serving.ensemble.predict_ensemble`).
 """
 
 from __future__ import annotations
