@@ -76,8 +76,8 @@ class Ensemble:
         """The members' names, in ``ensemble.json`` order."""
         return [m["name"] for m in self.description["members"]]
 
-    def targets(self) -> dict[str, ServeTarget]:
-        """Each member as a classifier to serve, its inputs cut to the stage's ``data.max_length``; a
+    def targets(self, vllm: bool = True) -> dict[str, ServeTarget]:
+        """Each member as a classifier to run, its inputs cut to the stage's ``data.max_length``; with ``vllm``, a
         ``ServeError`` for a member vLLM cannot serve."""
         from omegaconf import OmegaConf
 
@@ -87,10 +87,11 @@ class Ensemble:
             model_dir = self.export / member["path"]
             if not (model_dir / "config.json").is_file():
                 raise ServeError(f"ensemble member {member['name']} has no model in {model_dir}: re-export it")
-            refusal = vllm_refusal(model_dir)
+            refusal = vllm_refusal(model_dir) if vllm else None
             if refusal:
                 raise ServeError(f"ensemble member {member['name']}: {refusal}")
-            check_head_dim(model_dir)
+            if vllm:
+                check_head_dim(model_dir)
             targets[member["name"]] = ServeTarget(model_dir, "classify", member["name"], run_cfg=cfg)
         return targets
 
@@ -115,7 +116,7 @@ def predict_ensemble(path, texts: list[str], engine: str, settings) -> tuple[lis
     ensemble = Ensemble.load(ensemble_export(path), discover())
     produce = {"vllm": _vllm_results, "transformers": _transformers_results}
     used, outputs = set(), []
-    for target in ensemble.targets().values():
+    for target in ensemble.targets(vllm=engine != "transformers").values():
         chosen = choose_engine(engine, target)
         used.add(chosen)
         outputs.append(produce[chosen](target, settings, texts, {}))
