@@ -76,9 +76,9 @@ class Ensemble:
         """The members' names, in ``ensemble.json`` order."""
         return [m["name"] for m in self.description["members"]]
 
-    def targets(self, vllm: bool = True) -> dict[str, ServeTarget]:
-        """Each member as a classifier to run, its inputs cut to the stage's ``data.max_length``; with ``vllm``, a
-        ``ServeError`` for a member vLLM cannot serve."""
+    def targets(self, served: bool = True) -> dict[str, ServeTarget]:
+        """Each member as a classifier to run, its inputs cut to the stage's ``data.max_length``; when ``served``
+        (by vLLM's server), a ``ServeError`` for a member vLLM cannot serve."""
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.create({"data": {"max_length": self.description.get("max_length")}})
@@ -87,10 +87,10 @@ class Ensemble:
             model_dir = self.export / member["path"]
             if not (model_dir / "config.json").is_file():
                 raise ServeError(f"ensemble member {member['name']} has no model in {model_dir}: re-export it")
-            refusal = vllm_refusal(model_dir) if vllm else None
+            refusal = vllm_refusal(model_dir) if served else None
             if refusal:
                 raise ServeError(f"ensemble member {member['name']}: {refusal}")
-            if vllm:
+            if served:
                 check_head_dim(model_dir)
             targets[member["name"]] = ServeTarget(model_dir, "classify", member["name"], run_cfg=cfg)
         return targets
@@ -116,8 +116,10 @@ def predict_ensemble(path, texts: list[str], engine: str, settings) -> tuple[lis
     ensemble = Ensemble.load(ensemble_export(path), discover())
     produce = {"vllm": _vllm_results, "transformers": _transformers_results}
     used, outputs = set(), []
-    for target in ensemble.targets(vllm=engine != "transformers").values():
-        chosen = choose_engine(engine, target)
+    for target in ensemble.targets(served=False).values():
+        chosen = choose_engine(engine, target)  # auto: vLLM where it serves the member, else transformers
+        if chosen == "vllm":
+            check_head_dim(target.model_dir)
         used.add(chosen)
         outputs.append(produce[chosen](target, settings, texts, {}))
     return ensemble.labels, ensemble.combine(outputs).tolist(), "+".join(sorted(used))
