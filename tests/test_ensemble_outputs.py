@@ -26,6 +26,7 @@ from tessera.plugins.ensemblers.vote import Vote
 SMOKE = ["experiment=smoke", "data.limit_train=32", "data.limit_eval=48", "data.validation_fraction=0.01"]
 MEMBERS = "{name:a,init:base,overrides:['trainer.seed=1']},{name:b,init:base,overrides:['trainer.seed=2']}"
 STACK = "{name:stack,init:base,overrides:['ensemble=stacking','adapter=none','ensemble.stacking.members=[a,b]']}"
+VOTE = "{name:vote,init:base,overrides:['ensemble=vote','adapter=none','ensemble.vote.members=[a,b]']}"
 KEY = "ensemble-key"
 
 
@@ -101,15 +102,38 @@ def test_stacking_without_a_validation_split_is_refused_before_any_work(override
 
 @pytest.fixture(scope="module")
 def stacked(tmp_path_factory):
-    """Two tiny members and a stacking ensemble of them."""
+    """Two tiny members, a stacking ensemble and a vote of them."""
     run_dir = tmp_path_factory.mktemp("stacked") / "run"
-    overrides = [*SMOKE, "trainer.num_threads=1", f"stages=[{MEMBERS},{STACK}]"]
+    overrides = [*SMOKE, "trainer.num_threads=1", f"stages=[{MEMBERS},{STACK},{VOTE}]"]
     job.Job(planned(overrides, run_dir), run_dir, plugins()).run()
     return run_dir
 
 
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_vote_of_two_members_is_their_agreement_or_the_summed_probabilities(stacked):
+    stages = stacked / "stages"
+    a, b, vote = (
+        np.array([r["probabilities"] for r in rows(stages / n / "predictions.jsonl")]) for n in ("a", "b", "vote")
+    )
+    assert set(np.round(vote.max(axis=1), 4).tolist()) <= {0.5, 1.0}, "vote shares of two equal members"
+    np.testing.assert_array_equal(vote.argmax(axis=1), (a + b).argmax(axis=1))
+    agree = a.argmax(axis=1) == b.argmax(axis=1)
+    np.testing.assert_allclose(vote[agree].max(axis=1), 1, atol=1e-5)
+    assert load_json(stages / "vote" / "metrics.json")["ensemble"]["method"] == "vote"
+
+
+def test_serve_and_predict_find_the_ensemble_of_a_stage_or_of_a_job_that_ends_with_one(stacked):
+    from tessera.serving.ensemble import ensemble_export
+
+    stages = stacked / "stages"
+    assert ensemble_export(stacked) == stages / "vote" / "export"
+    assert (
+        ensemble_export(stages / "stack") == ensemble_export(stages / "stack" / "export") == stages / "stack" / "export"
+    )
+    assert ensemble_export(stages / "a") is None and ensemble_export(stages / "a" / "export") is None
 
 
 def test_stacking_export_reloads_through_predict_to_the_runs_predictions(stacked, tmp_path):
