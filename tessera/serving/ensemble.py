@@ -37,12 +37,21 @@ def ensemble_export(path) -> Path | None:
     directory, or a job whose last exported stage is an ensemble); None when ``path`` is no such ensemble."""
     path = Path(path).expanduser().resolve()
     candidates = [path, path / "export"]
-    cfg = run_config(path) if (path / "stages").is_dir() else None
-    if cfg is not None and not (path / "export").is_dir():
-        stages = [path / "stages" / stage.name / "export" for stage in cfg.get("stages") or []]
+    if (path / "stages").is_dir() and not (path / "export").is_dir():
+        stages = [path / "stages" / name / "export" for name in _stage_names(path)]
         exported = [e for e in stages if (e / "config.json").is_file() or (e / ENSEMBLE_FILE).is_file()]
         candidates += exported[-1:]
     return next((c for c in candidates if (c / ENSEMBLE_FILE).is_file()), None)
+
+
+def _stage_names(job_dir: Path) -> list[str]:
+    """The stages of a job directory in order: from its ``run.json``, else from its config."""
+    status = job_dir / "run.json"
+    stages = json.loads(status.read_text(encoding="utf-8")).get("stages") if status.is_file() else None
+    if stages:
+        return list(stages)
+    cfg = run_config(job_dir)
+    return [stage.name for stage in (cfg.get("stages") or [])] if cfg is not None else []
 
 
 @dataclass
