@@ -208,6 +208,8 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
 
         with _phase("merge_members", timings):
             model = merge_members(ensembler, members, run, context, tokenizer, validation)
+        if ensembler.details():
+            record["ensemble"]["details"] = ensembler.details()
         with _phase("evaluate", timings):
             metrics = evaluate_objectives(run, model, tokenizer, test, "test")
             run.events.evaluation("test", metrics)
@@ -232,7 +234,7 @@ def merge_members(ensembler, members: list[Member], run: Run, context: EnsembleC
 
     task = run.composition.task
     model = _load_member(members[0], task)
-    states = [{k: v.float() for k, v in model.state_dict().items()}]
+    states = [{k: v.float().clone() for k, v in model.state_dict().items()}]  # validate() loads into model
     states += [{k: v.float() for k, v in _load_member(m, task).state_dict().items()} for m in members[1:]]
     base_model = load_model(run.cfg.model, task, run.state.get("labels") or [], tokenizer, run.cfg.trainer.seed)
     base = {

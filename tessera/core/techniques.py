@@ -214,6 +214,11 @@ class WeightMerger(Ensembler):
         member order); ``base`` is the state dict of the members' common base model, for task vectors
         (``member - base``; a tensor the base lacks, as a new head, is missing from it), or None."""
 
+    def details(self) -> dict:
+        """What the last :meth:`merge` chose, as JSON (greedy soup: the members it kept), written to
+        ``metrics.json`` under ``ensemble.details``. Default: nothing."""
+        return {}
+
 
 class OutputCombiner(Ensembler):
     """An ensembler that combines the members' class probabilities."""
