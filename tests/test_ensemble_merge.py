@@ -174,6 +174,10 @@ def test_greedy_soup_keeps_a_member_only_while_the_soup_does_not_get_worse():
             f"{MEMBERS},{{name:e,init:base,overrides:['ensemble=dare','adapter=none','ensemble.dare.combination=svd']}}",
             "ensemble=dare: combination=svd is not one of linear, ties",
         ),
+        (
+            f"{MEMBERS},{{name:e,init:base,overrides:['ensemble=peft_merge','adapter=none']}}",
+            "ensemble=peft_merge cannot be combined with the sequence-classification task",
+        ),
     ],
 )
 def test_bad_merge_parameters_are_refused_before_any_work(stages, message):
@@ -182,22 +186,52 @@ def test_bad_merge_parameters_are_refused_before_any_work(stages, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_a_job_merges_two_members_by_greedy_soup_and_slerp(tmp_path):
+def test_a_decoder_job_merges_two_lora_members_by_peft_merge_greedy_soup_and_slerp(tmp_path):
+    from peft import PeftModel
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm.config.lora import LoRAConfig
+    from vllm.lora.peft_helper import PEFTHelper
 
-    merges = (
-        "{name:soup,init:base,overrides:['ensemble=greedy_soup','adapter=none']},"
-        "{name:arc,init:base,overrides:['ensemble=slerp','adapter=none','ensemble.slerp.t=1','ensemble.slerp.members=[a,b]']}"
-    )
+    from tessera.core.models import load_model
+
+    decoder = [*SMOKE, "trainer.num_threads=1", "model=tiny_llama", "objective=clm"]
+    merges = [
+        "{name:merged,init:base,overrides:['ensemble=peft_merge','adapter=none','ensemble.peft_merge.weights=[3,1]']}",
+        "{name:soup,init:base,overrides:['ensemble=greedy_soup','adapter=none','ensemble.greedy_soup.members=[a,b]']}",
+        "{name:arc,init:base,overrides:['ensemble=slerp','adapter=none','ensemble.slerp.t=1','ensemble.slerp.members=[a,b]']}",
+    ]
+    stages = "{name:a,init:base},{name:b,init:base,overrides:['trainer.learning_rate=2e-3']}," + ",".join(merges)
     run_dir = tmp_path / "run"
-    overrides = [*SMOKE, "trainer.num_threads=1", f"stages=[{MEMBERS},{merges}]"]
+    overrides = [*decoder, f"stages=[{stages}]"]
     job.Job(planned(overrides, run_dir), run_dir, plugins()).run()
-    stages = run_dir / "stages"
-    a, b, soup, arc = (load_file(stages / n / "export" / "model.safetensors") for n in ("a", "b", "soup", "arc"))
+    exports = {name: run_dir / "stages" / name / "export" for name in ("a", "b", "merged", "soup", "arc")}
+    a, b, merged, soup, arc = (load_file(exports[name] / "model.safetensors") for name in exports)
+    assert any(not torch.equal(a[key], b[key]) for key in a)
+
+    # peft_merge (cat): one adapter of the summed ranks, vLLM-valid, whose update is the members' weighted sum.
+    adapter = exports["merged"] / "adapters" / "merged"
+    rank = load_json(adapter / "adapter_config.json")["r"]
+    assert rank == 2 * load_json(exports["a"] / "adapters" / "lora" / "adapter_config.json")["r"]
+    PEFTHelper.from_local_dir(str(adapter), 8192).validate_legal(LoRAConfig(max_lora_rank=rank))
+    cfg = compose_config([*decoder, "ensemble=peft_merge", "adapter=none"], plugins())
+    tokenizer = AutoTokenizer.from_pretrained(exports["merged"])
+    base = load_model(cfg.model, "causal-lm", [], tokenizer, cfg.trainer.seed)
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    for key in merged:
+        expected = base_state[key] + 0.75 * (a[key] - base_state[key]) + 0.25 * (b[key] - base_state[key])
+        torch.testing.assert_close(merged[key], expected, atol=1e-5, rtol=1e-4)
+    unmerged = PeftModel.from_pretrained(base, adapter).eval()
+    model = AutoModelForCausalLM.from_pretrained(exports["merged"]).eval()
+    batch = tokenizer(["A film of rare beauty."], return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(unmerged(**batch).logits, model(**batch).logits, atol=1e-4, rtol=1e-4)
+
+    # greedy_soup (scored by minus the validation loss) and slerp at t = 1.
     for key in arc:
         torch.testing.assert_close(arc[key], b[key])
-    details = load_json(stages / "soup" / "metrics.json")["ensemble"]["details"]
-    assert set(details["member_scores"]) == {"a", "b"} and details["kept"][0] in ("a", "b")
+    details = load_json(run_dir / "stages" / "soup" / "metrics.json")["ensemble"]["details"]
+    assert set(details["member_scores"]) == {"a", "b"} and all(v < 0 for v in details["member_scores"].values())
     kept = [{"a": a, "b": b}[name] for name in details["kept"]]
     for key in soup:
         torch.testing.assert_close(soup[key], sum(state[key] for state in kept) / len(kept))

@@ -217,6 +217,8 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
             splits.train, tokenizer, run.cfg.data.max_length, run.cfg.trainer.seed
         )
         metrics, compression = export_model(run, model, tokenizer, items, test, metrics, timings)
+        if not run.composition.selected("compress"):
+            ensembler.write_unmerged(run.dir / "export")
         return metrics, {**compression, **record}
     with _phase("combine", timings):
         metrics = combine_outputs(ensembler, members, run, tokenizer, validation, test)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tessera.core.compression import Compressed, CompressionContext
     from tessera.core.ensembling import EnsembleContext
     from tessera.core.run import Composition, Run
@@ -218,6 +220,11 @@ class WeightMerger(Ensembler):
         """What the last :meth:`merge` chose, as JSON (greedy soup: the members it kept), written to
         ``metrics.json`` under ``ensemble.details``. Default: nothing."""
         return {}
+
+    def write_unmerged(self, directory: Path) -> None:
+        """Write what the last :meth:`merge` made besides the merged weights into the finished export ``directory``
+        (peft_merge: the merged adapter, ``adapters/merged``); called when the stage compresses nothing, as
+        adapters are exported unmerged only then. Default: nothing."""
 
 
 class OutputCombiner(Ensembler):

@@ -9,11 +9,12 @@ from tessera.plugins.ensemblers.average import Average
 from tessera.plugins.ensemblers.dare import Dare
 from tessera.plugins.ensemblers.greedy_soup import GreedySoup
 from tessera.plugins.ensemblers.linear import Linear
+from tessera.plugins.ensemblers.peft_merge import PeftMerge
 from tessera.plugins.ensemblers.slerp import Slerp
 from tessera.plugins.ensemblers.task_arithmetic import TaskArithmetic
 from tessera.plugins.ensemblers.ties import Ties
 
-ENSEMBLERS = [Linear, GreedySoup, TaskArithmetic, Ties, Dare, Slerp, Average]
+ENSEMBLERS = [Linear, GreedySoup, TaskArithmetic, Ties, Dare, Slerp, PeftMerge, Average]
 
 
 @hookimpl
