@@ -195,7 +195,7 @@ def test_a_decoder_job_merges_two_lora_members_by_peft_merge_greedy_soup_and_sle
 
     from tessera.core.models import load_model
 
-    decoder = [*SMOKE, "trainer.num_threads=1", "model=tiny_llama", "objective=clm"]
+    decoder = [*SMOKE, "data.limit_eval=16", "trainer.num_threads=1", "model=tiny_llama", "objective=clm"]
     merges = [
         "{name:merged,init:base,overrides:['ensemble=peft_merge','adapter=none','ensemble.peft_merge.weights=[3,1]']}",
         "{name:soup,init:base,overrides:['ensemble=greedy_soup','adapter=none','ensemble.greedy_soup.members=[a,b]']}",

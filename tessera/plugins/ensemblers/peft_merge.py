@@ -37,7 +37,8 @@ class PeftMergeConfig(EnsembleConfig):
 
     #: ``cat``: the adapters side by side (rank = the sum of theirs; the weighted sum of their updates, exactly);
     #: ``linear``: A and B averaged (same rank only); ``svd``: the weighted update refactored to rank ``svd_rank``;
-    #: ``ties`` / ``dare_*`` / ``magnitude_prune``: those merges on A and B (``density``, ``majority_sign``).
+    #: ``ties`` / ``dare_*`` / ``magnitude_prune``: those merges on A and B (``density``, ``majority_sign``; the
+    #: ``dare_*`` drops are drawn from ``trainer.seed``).
     combination: str = "cat"
     #: The fraction kept by ``ties``, ``dare_*`` and ``magnitude_prune``.
     density: float = 0.2
@@ -93,6 +94,7 @@ class PeftMerge(WeightMerger):
         super().validate(composition)
 
     def merge(self, members, base, context):
+        import torch
         from peft import PeftModel, get_peft_model_state_dict
 
         model = base_model(context.members[0], base)
@@ -104,15 +106,17 @@ class PeftMerge(WeightMerger):
         combination = self.config.combination
         trims = combination.startswith(("ties", "dare", "magnitude"))
         weights = [w * len(context.weights) for w in context.weights] if trims else list(context.weights)
-        model.add_weighted_adapter(
-            names,
-            weights,
-            MERGED,
-            combination_type=combination,
-            svd_rank=self.config.svd_rank,
-            density=self.config.density if trims else None,
-            majority_sign_method=self.config.majority_sign,
-        )
+        with torch.random.fork_rng(devices=[]):  # the dare_* drops, from trainer.seed
+            torch.manual_seed(context.run.cfg.trainer.seed)
+            model.add_weighted_adapter(
+                names,
+                weights,
+                MERGED,
+                combination_type=combination,
+                svd_rank=self.config.svd_rank,
+                density=self.config.density if trims else None,
+                majority_sign_method=self.config.majority_sign,
+            )
         model.set_adapter(MERGED)
         self.adapter = (model.peft_config[MERGED], get_peft_model_state_dict(model, adapter_name=MERGED))
         merged = model.merge_and_unload(adapter_names=[MERGED])
