@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import load_json
+from conftest import load_json, plugins
 from tessera.core.cli import main
 from tessera.core.ensemble_cli import expand_members
 
@@ -135,3 +135,19 @@ def test_an_unknown_method_is_refused_with_the_choices(member, capsys):
         main(["ensemble", "blend", str(member), str(member)])
     assert exited.value.code == 2
     assert "unknown ensemble method 'blend': choose one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("experiment", ["ensemble_adapters", "ensemble_seeds"])
+def test_the_ensemble_experiments_end_with_an_untrained_stage_over_every_member(experiment):
+    from tessera.core import job
+    from tessera.core.cli import compose_config
+
+    compose = lambda o: compose_config(o, plugins())  # noqa: E731
+    overrides = [f"experiment={experiment}"]
+    stages = job.plan(compose(overrides), overrides, compose, None)
+    *members, ensemble = stages
+    assert ensemble.init == "base" and ensemble.cfg.adapter == {} and list(ensemble.cfg.ensemble) == ["average"]
+    assert all(stage.init == "base" and stage.cfg.ensemble == {} for stage in members)
+    if experiment == "ensemble_adapters":
+        assert [list(stage.cfg.adapter) for stage in members] == [["lora"], ["ia3"], []]
+        assert members[2].cfg.trainer.learning_rate == 5e-5
