@@ -16,8 +16,14 @@ above the best member; a merged (weight-space) model at the speed of one member 
 throughput); ``greedy_soup`` never below the best member on the validation split (measured here, in-process).
 
 Peer (``--mergekit PYTHON``): mergekit's ``linear`` merge of the same three members, run by a Python that has
-mergekit installed (a separate virtual environment: it is not one of tessera's dependencies), timed and measured
-like the others; without it the JSON says why it was not run.
+mergekit installed (a separate virtual environment: it is not one of tessera's dependencies, and is LGPL-3.0-only),
+timed and measured like the others; without it the JSON says why it was not run. mergekit 0.1.5 runs beside
+tessera's pins from a virtual environment that sees tessera's packages::
+
+    .venv/bin/python -m venv /tmp/mergekit-venv
+    .venv/bin/python -c "import site; print(site.getsitepackages()[0])" \
+        > /tmp/mergekit-venv/lib/python3.11/site-packages/tessera-venv.pth
+    /tmp/mergekit-venv/bin/pip install --no-deps mergekit==0.1.5 immutables
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/ensemble.py                     # 3 repetitions, 9 members trained
     HF_HUB_OFFLINE=1 .venv/bin/python bench/ensemble.py --seeds 1 --limit-train 256 --limit-eval 128   # a check
@@ -155,7 +161,7 @@ def throughput(systems: dict, texts: list[str], rounds: int) -> dict[str, float]
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def mergekit_linear(python: str | None, members: list[Path], target: Path) -> dict:
+def mergekit_linear(python: str | None, members: list[Path], target: Path, threads: int) -> dict:
     """mergekit's ``linear`` merge of the members' exports into ``target`` (timed), or why it was not run."""
     if python is None:
         return {
@@ -175,7 +181,7 @@ def mergekit_linear(python: str | None, members: list[Path], target: Path) -> di
         [python, "-m", "mergekit.scripts.run_yaml", str(config), str(target), "--copy-tokenizer"],
         capture_output=True,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)},
     )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
@@ -208,7 +214,7 @@ def repetition(args, index: int, registered: list[str]) -> dict:
             refused[method] = error
         else:
             ensembles[method] = run_dir
-    peer = mergekit_linear(args.mergekit, list(members.values()), group / "mergekit_linear")
+    peer = mergekit_linear(args.mergekit, list(members.values()), group / "mergekit_linear", args.threads)
     splits, max_length = splits_of(next(iter(members.values())))
     tokenizer = AutoTokenizer.from_pretrained(next(iter(members.values())) / "export")
     systems, results = {}, {}
