@@ -74,6 +74,8 @@ def bad_members(member, tmp_path_factory):
     shutil.copytree(member, incomplete)
     status = load_json(incomplete / "run.json")
     (incomplete / "run.json").write_text(json.dumps({**status, "status": "interrupted"}))
+    shutil.copytree(member, root / "job" / "stages" / "seed1")
+    shutil.copy(member / "run.json", root / "job" / "run.json")
     (root / "empty").mkdir()
     (root / "empty" / "notes.txt").write_text("no model here\n")
 
@@ -91,6 +93,7 @@ def bad_members(member, tmp_path_factory):
         "missing": root / "nowhere",
         "incomplete": incomplete,
         "empty": root / "empty",
+        "job": root / "job",
         "labels": copy_of(member, root / "labels", edit_config=relabel),
         "architecture": copy_of(member, root / "architecture", edit_config=deeper),
         "tokenizer": copy_of(member, root / "tokenizer", edit_tokenizer=another_vocabulary),
@@ -100,6 +103,7 @@ def bad_members(member, tmp_path_factory):
 CASES = [
     ("average", "missing", [], "nor an existing directory"),
     ("average", "incomplete", [], "is a run that did not complete (status: interrupted)"),
+    ("average", "job", [], "is a job of several stages (seed1): give its stage directories"),
     ("average", "empty", [], "nor a run or Hugging Face model directory (no config.json)"),
     ("average", "labels", [], "they predict different labels (['negative', 'positive'] and ['negative', 'neutral'])"),
     ("linear", "architecture", [], "linear merges weights of one architecture, and their num_hidden_layers differs"),

@@ -101,13 +101,19 @@ def members_of(ensembler, composition: Composition) -> list[Member]:
 
 
 def refuse_unusable_directory(label: str, path: Path, composition: Composition) -> None:
-    """Refuse, in one line, a member directory that does not exist or is a run that did not complete (its
-    ``run.json``, or the run's when ``path`` is its ``export/``)."""
+    """Refuse, in one line, a member directory that does not exist, is a multi-stage job (its stages are the
+    models), or is a run that did not complete (its ``run.json``, or the run's when ``path`` is its ``export/``)."""
     if not path.exists():
         stages = ", ".join(composition.earlier_stages) or "none"
         raise ConfigError(
             f"{label}={path} is neither an earlier stage of this job (earlier stages: {stages}) nor an existing "
             "directory: give a run, export or model directory"
+        )
+    stages = sorted(p.name for p in (path / "stages").glob("*") if (p / "export").is_dir())
+    if stages and not (path / "export").is_dir():
+        raise ConfigError(
+            f"{label}={path} is a job of several stages ({', '.join(stages)}): give its stage directories "
+            f"({path / 'stages' / stages[0]} ...)"
         )
     for status in (path / "run.json", path.parent / "run.json" if path.name == "export" else None):
         if status is not None and status.is_file():
