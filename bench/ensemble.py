@@ -277,7 +277,7 @@ def repetition(args, index: int, registered: list[str]) -> dict:
             if "greedy_soup" in results
             else None
         ),
-        "best_member_accuracy_spread_points": 100 * float(np.std([results[m]["accuracy"] for m in members])),
+        "member_accuracy_stdev_points": 100 * float(np.std([results[m]["accuracy"] for m in members])),
     }
 
 

@@ -154,4 +154,4 @@ def test_the_ensemble_experiments_end_with_an_untrained_stage_over_every_member(
     assert all(stage.init == "base" and stage.cfg.ensemble == {} for stage in members)
     if experiment == "ensemble_adapters":
         assert [list(stage.cfg.adapter) for stage in members] == [["lora"], ["ia3"], []]
-        assert members[2].cfg.trainer.learning_rate == 5e-5
+        assert [stage.cfg.trainer.learning_rate for stage in members] == [1e-3, 5e-3, 5e-5]
