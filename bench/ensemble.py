@@ -138,13 +138,27 @@ class OutputEnsemble:
         return self.ensembler.combine([member(texts) for member in self.members], self.weights)
 
 
-def accuracy(classify, examples: list[dict]) -> float:
+def scores(classify, examples: list[dict]) -> dict:
+    """Accuracy and macro-F1 of ``classify`` on ``examples``."""
     import numpy as np
+    from sklearn.metrics import f1_score
 
     predictions = np.concatenate(
         [classify([e["text"] for e in examples[i : i + BATCH]]).argmax(-1) for i in range(0, len(examples), BATCH)]
     )
-    return float((predictions == np.asarray([e["label"] for e in examples])).mean())
+    labels = np.asarray([e["label"] for e in examples])
+    return {
+        "accuracy": float((predictions == labels).mean()),
+        "macro_f1": float(f1_score(labels, predictions, average="macro")),
+    }
+
+
+def largest_difference(first: Path, second: Path) -> float:
+    """The largest absolute difference between two models' parameters of the same name."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k in b)
 
 
 def throughput(systems: dict, texts: list[str], rounds: int) -> dict[str, float]:
@@ -234,12 +248,17 @@ def repetition(args, index: int, registered: list[str]) -> dict:
         systems["mergekit_linear"] = Classifier(Path(peer["output"]), tokenizer, max_length)
         results["mergekit_linear"] = {
             "kind": "peer (weight-space)",
-            "accuracy": accuracy(systems["mergekit_linear"], splits.test),
+            **scores(systems["mergekit_linear"], splits.test),
+            "test_examples": len(splits.test),
             "size_mb": served_megabytes(Path(peer["output"])),
             "merge_seconds": peer["seconds"],
         }
+        if "linear" in ensembles:
+            results["mergekit_linear"]["largest_parameter_difference_vs_linear"] = largest_difference(
+                Path(peer["output"]), ensembles["linear"] / "export"
+            )
     for name in [*members, "greedy_soup"] if "greedy_soup" in systems else []:
-        results[name]["validation_accuracy"] = accuracy(systems[name], splits.validation)
+        results[name]["validation_accuracy"] = scores(systems[name], splits.validation)["accuracy"]
     texts = [e["text"] for e in splits.test[: args.throughput_sentences]]
     for name, rate in throughput(systems, texts, args.rounds).items():
         results[name]["sentences_per_s_batch32"] = rate
@@ -248,11 +267,7 @@ def repetition(args, index: int, registered: list[str]) -> dict:
     for result in results.values():
         result["vs_best_member"] = {
             "accuracy_points": 100 * (result["accuracy"] - results[best]["accuracy"]),
-            **(
-                {"macro_f1_points": 100 * (result["macro_f1"] - results[best]["macro_f1"])}
-                if "macro_f1" in result
-                else {}
-            ),
+            "macro_f1_points": 100 * (result["macro_f1"] - results[best]["macro_f1"]),
             "size_ratio": result["size_mb"] / results[best]["size_mb"],
             "speed_ratio": result["sentences_per_s_batch32"] / results[best]["sentences_per_s_batch32"],
         }
