@@ -61,7 +61,7 @@ VARIANTS: dict[str, dict] = {
     "onnx_int8": {"compress": ["compress=onnx"], "runtimes": ["onnxruntime"]},
     "distill_3_layers": {
         "train": True,
-        "compress": ["compress=distill", "compress.distill.layers=3"],
+        "compress": ["compress=distill", "compress.distill.layers=3", "trainer.learning_rate=1e-4"],
         "runtimes": ["transformers_bf16", "vllm"],
     },
     "chain_distill_prune_onnx_int8": {

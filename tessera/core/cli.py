@@ -243,6 +243,10 @@ def show_plugins(as_json: bool, strict: bool) -> int:
 #: Verbs that parse their own arguments: name -> (help, "module:function" called with the remaining argv).
 DELEGATED_COMMANDS = {
     "train": ("compose techniques and train (Hydra overrides follow)", "tessera.core.cli:train"),
+    "ensemble": (
+        "combine trained runs or models: ensemble METHOD DIR... [overrides]",
+        "tessera.core.ensemble_cli:main",
+    ),
     "assets": ("fetch / verify / list the offline assets", "tessera.core.assets:main"),
     "kg": ("knowledge graphs: info / load / query / embed", "tessera.graphs.cli:main"),
     "serve": ("serve a run's export through vLLM's OpenAI-compatible API", "tessera.serving.cli:serve"),

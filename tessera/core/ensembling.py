@@ -83,6 +83,8 @@ def members_of(ensembler, composition: Composition) -> list[Member]:
         )
     members = []
     for entry in entries:
+        if entry not in composition.earlier_stages:
+            refuse_unusable_directory(label, Path(str(entry)).expanduser(), composition)
         export = composition.model_directory(str(entry), label)
         name = entry if entry in composition.earlier_stages else Path(entry).expanduser().resolve().name
         if name in {m.name for m in members}:
@@ -98,27 +100,55 @@ def members_of(ensembler, composition: Composition) -> list[Member]:
     return members
 
 
-def check_members(ensembler, members: list[Member]) -> None:
-    """Refuse members that cannot be combined, in one line naming two of them and what differs: a run that did not
-    complete, another label set, and for weight-space merging another architecture or tokenizer."""
-    from tessera.core.models import vocabulary
-
-    present = [m for m in members if m.export is not None]
-    for member in present:
-        status = member.export.parent / "run.json"
-        if member.export.name == "export" and status.is_file():
+def refuse_unusable_directory(label: str, path: Path, composition: Composition) -> None:
+    """Refuse, in one line, a member directory that does not exist, is a multi-stage job (its stages are the
+    models), or is a run that did not complete (its ``run.json``, or the run's when ``path`` is its ``export/``)."""
+    if not path.exists():
+        stages = ", ".join(composition.earlier_stages) or "none"
+        raise ConfigError(
+            f"{label}={path} is neither an earlier stage of this job (earlier stages: {stages}) nor an existing "
+            "directory: give a run, export or model directory"
+        )
+    stages = sorted(p.name for p in (path / "stages").glob("*") if (p / "export").is_dir())
+    if stages and not (path / "export").is_dir():
+        raise ConfigError(
+            f"{label}={path} is a job of several stages ({', '.join(stages)}): give its stage directories "
+            f"({path / 'stages' / stages[0]} ...)"
+        )
+    for status in (path / "run.json", path.parent / "run.json" if path.name == "export" else None):
+        if status is not None and status.is_file():
             state = json.loads(status.read_text(encoding="utf-8")).get("status")
             if state != "complete":
                 raise ConfigError(
-                    f"{ensembler.label}: member {member.name} is a run that did not complete (status: {state}): "
-                    "finish it (resume=true) or leave it out"
+                    f"{label}={path} is a run that did not complete (status: {state}): finish it (resume=true) "
+                    "or leave it out"
                 )
+            return
+
+
+def check_members(ensembler, members: list[Member]) -> None:
+    """Refuse members that cannot be combined, in one line naming two of them and what differs: another label set
+    or tokenizer (the stage tokenizes once for all members), and for weight-space merging another architecture."""
+    from tessera.core.models import vocabulary
+
+    present = [m for m in members if m.export is not None]
     for first, other in zip(present, present[1:]):
         if first.labels() != other.labels():
             raise IncompatibleError(
                 f"member {first.name}",
                 f"member {other.name}",
                 f"they predict different labels ({first.labels()} and {other.labels()})",
+            )
+        if vocabulary(first.export) != vocabulary(other.export):
+            raise IncompatibleError(
+                f"member {first.name}",
+                f"member {other.name}",
+                "their tokenizers differ: "
+                + (
+                    "merge models of one base"
+                    if ensembler.space == "weights"
+                    else "every member is fed the same tokens, so combine models of one tokenizer"
+                ),
             )
         if ensembler.space != "weights":
             continue
@@ -130,10 +160,6 @@ def check_members(ensembler, members: list[Member]) -> None:
                     f"{ensembler.name} merges weights of one architecture, and their {key} differs "
                     f"({first.config().get(key)} and {other.config().get(key)})",
                 )
-        if vocabulary(first.export) != vocabulary(other.export):
-            raise IncompatibleError(
-                f"member {first.name}", f"member {other.name}", "their tokenizers differ: merge models of one base"
-            )
 
 
 def validate_ensemble(ensembler, composition: Composition) -> None:
@@ -208,6 +234,8 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
 
         with _phase("merge_members", timings):
             model = merge_members(ensembler, members, run, context, tokenizer, validation)
+        if ensembler.details():
+            record["ensemble"]["details"] = ensembler.details()
         with _phase("evaluate", timings):
             metrics = evaluate_objectives(run, model, tokenizer, test, "test")
             run.events.evaluation("test", metrics)
@@ -215,6 +243,8 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
             splits.train, tokenizer, run.cfg.data.max_length, run.cfg.trainer.seed
         )
         metrics, compression = export_model(run, model, tokenizer, items, test, metrics, timings)
+        if not run.composition.selected("compress"):
+            ensembler.write_unmerged(run.dir / "export")
         return metrics, {**compression, **record}
     with _phase("combine", timings):
         metrics = combine_outputs(ensembler, members, run, tokenizer, validation, test)
@@ -232,7 +262,7 @@ def merge_members(ensembler, members: list[Member], run: Run, context: EnsembleC
 
     task = run.composition.task
     model = _load_member(members[0], task)
-    states = [{k: v.float() for k, v in model.state_dict().items()}]
+    states = [{k: v.float().clone() for k, v in model.state_dict().items()}]  # validate() loads into model
     states += [{k: v.float() for k, v in _load_member(m, task).state_dict().items()} for m in members[1:]]
     base_model = load_model(run.cfg.model, task, run.state.get("labels") or [], tokenizer, run.cfg.trainer.seed)
     base = {

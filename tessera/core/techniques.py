@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tessera.core.compression import Compressed, CompressionContext
     from tessera.core.ensembling import EnsembleContext
     from tessera.core.run import Composition, Run
@@ -213,6 +215,16 @@ class WeightMerger(Ensembler):
         """The merged state dict from the members' state dicts (float32 tensors of the same names and shapes, in
         member order); ``base`` is the state dict of the members' common base model, for task vectors
         (``member - base``; a tensor the base lacks, as a new head, is missing from it), or None."""
+
+    def details(self) -> dict:
+        """What the last :meth:`merge` chose, as JSON (greedy soup: the members it kept), written to
+        ``metrics.json`` under ``ensemble.details``. Default: nothing."""
+        return {}
+
+    def write_unmerged(self, directory: Path) -> None:
+        """Write what the last :meth:`merge` made besides the merged weights into the finished export ``directory``
+        (peft_merge: the merged adapter, ``adapters/merged``); called when the stage compresses nothing, as
+        adapters are exported unmerged only then. Default: nothing."""
 
 
 class OutputCombiner(Ensembler):
