@@ -224,3 +224,11 @@ def test_a_causal_lm_run_exports_w4a16_that_reloads(tmp_path):
         loss = model(**ids, labels=ids.input_ids).loss
     # a random 49152-token model: near log(49152) = 10.8, as the run's own test loss
     assert abs(float(loss) - metrics["test"]["loss"]) < 0.5
+    # vLLM's CPU kernel for 4-bit weights computes in bfloat16 only: serving picks it, and refuses float32
+    from tessera.core.config import ServeConfig
+    from tessera.core.errors import ConfigError
+    from tessera.serving.settings import dtype_for
+
+    assert dtype_for(ServeConfig(), "classify", run_dir / "export") == "bfloat16"
+    with pytest.raises(ConfigError, match="runs in bfloat16 only: drop dtype=float32"):
+        dtype_for(ServeConfig(dtype="float32"), "generate", run_dir / "export")

@@ -88,7 +88,7 @@ def lora_rank(adapters: dict[str, Path]) -> int:
 
 def engine_arguments(target: ServeTarget, settings: ServeConfig) -> dict[str, object]:
     """The engine settings shared by the server and the offline ``LLM`` API, as ``vllm`` keyword arguments."""
-    dtype = dtype_for(settings, target.kind)
+    dtype = dtype_for(settings, target.kind, target.model_dir)
     arguments: dict[str, object] = {
         "model": str(target.model_dir),
         "dtype": dtype,

@@ -92,7 +92,7 @@ def _transformers_results(target: ServeTarget, settings, texts: list[str], optio
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    dtype = getattr(torch, dtype_for(settings, target.kind))
+    dtype = getattr(torch, dtype_for(settings, target.kind, target.model_dir))
     tokenizer = AutoTokenizer.from_pretrained(target.model_dir)
     auto = "AutoModelForSequenceClassification" if target.kind == "classify" else "AutoModelForCausalLM"
     model = getattr(transformers, auto).from_pretrained(target.model_dir, dtype=dtype)

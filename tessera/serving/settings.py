@@ -32,9 +32,23 @@ def load_settings(run_cfg=None, overrides: list[str] = ()) -> ServeConfig:
     return OmegaConf.to_object(merged)
 
 
-def dtype_for(settings: ServeConfig, kind: str) -> str:
-    """vLLM's ``--dtype``: the setting, or float32 for classifiers and bfloat16 for generation."""
+def dtype_for(settings: ServeConfig, kind: str, model_dir) -> str:
+    """vLLM's ``--dtype``: the setting, or float32 for classifiers and bfloat16 for generation; bfloat16 for a
+    checkpoint with 4-bit weights (W4A16), whose CPU kernel computes in bfloat16 only."""
+    if four_bit_weights(model_dir):
+        if settings.dtype in ("float32", "float"):
+            raise ConfigError(
+                f"{model_dir} holds 4-bit (W4A16) weights, which vLLM's CPU kernel runs in bfloat16 only: "
+                "drop dtype=float32 (or set dtype=bfloat16)"
+            )
+        return settings.dtype or "bfloat16"
     return settings.dtype or ("float32" if kind == "classify" else "bfloat16")
+
+
+def four_bit_weights(model_dir) -> bool:
+    """Whether the checkpoint's ``quantization_config`` (compressed-tensors) quantizes weights to 4 bits."""
+    groups = (model_config(model_dir).get("quantization_config") or {}).get("config_groups") or {}
+    return any((group.get("weights") or {}).get("num_bits") == 4 for group in groups.values())
 
 
 def max_model_len(settings: ServeConfig, model_dir) -> int | None:
