@@ -217,10 +217,13 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     tokenizer = load_tokenizer(run.cfg.model)
     context = EnsembleContext(run, members, normalised(ensembler.config.weights, len(members)))
     with _phase("members", timings):
-        member_metrics = {}
-        for member in members:
+        member_metrics, probabilities = {}, {"validation": [], "test": []}
+        for member in members:  # each member loaded once: its test metrics, and its probabilities for a combiner
             model = _load_member(member, task)
             member_metrics[member.name] = evaluate_objectives(run, model, tokenizer, test, "member")
+            if ensembler.space == "outputs":
+                for split, examples in (("validation", validation), ("test", test)):
+                    probabilities[split].append(member_probabilities(run, model, tokenizer, examples))
     record = {
         "ensemble": {
             "method": ensembler.name,
@@ -247,7 +250,7 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
             ensembler.write_unmerged(run.dir / "export")
         return metrics, {**compression, **record}
     with _phase("combine", timings):
-        metrics = combine_outputs(ensembler, members, run, tokenizer, validation, test)
+        metrics = combine_outputs(ensembler, run, probabilities, context.weights, validation, test)
         run.events.evaluation("test", metrics)
     with _phase("export", timings):
         export_outputs(run, ensembler, members, tokenizer, metrics, member_metrics)
@@ -279,26 +282,23 @@ def merge_members(ensembler, members: list[Member], run: Run, context: EnsembleC
     return model.eval()
 
 
-def member_probabilities(run: Run, members: list[Member], tokenizer, examples: list[dict]) -> list:
-    """Each member's class probabilities on ``examples`` (a ``[examples, classes]`` numpy array per member)."""
+def member_probabilities(run: Run, model, tokenizer, examples: list[dict]):
+    """A member's class probabilities on ``examples`` (a ``[examples, classes]`` numpy array)."""
     from tessera.core.evaluate import predict_probabilities
 
     items = run.composition.item_builder.items(examples, tokenizer, run.cfg.data.max_length, run.cfg.trainer.seed)
-    return [predict_probabilities(run, _load_member(m, run.composition.task), tokenizer, items) for m in members]
+    return predict_probabilities(run, model, tokenizer, items)
 
 
-def combine_outputs(ensembler, members: list[Member], run: Run, tokenizer, validation, test) -> dict:
-    """Fit the output combiner on the validation split, combine the test probabilities, and report them."""
+def combine_outputs(ensembler, run: Run, probabilities: dict, weights: list[float], validation, test) -> dict:
+    """Fit the output combiner on the members' validation probabilities (``probabilities["validation"]``, one array
+    per member), combine their test probabilities with the normalised ``weights``, and report the result."""
     import numpy as np
 
     from tessera.core.evaluate import classification_report
 
-    ensembler.fit(
-        member_probabilities(run, members, tokenizer, validation), np.asarray([e["label"] for e in validation])
-    )
-    weights = normalised(ensembler.config.weights, len(members))
-    probabilities = ensembler.combine(member_probabilities(run, members, tokenizer, test), weights)
-    return classification_report(run, test, probabilities, "test")
+    ensembler.fit(probabilities["validation"], np.asarray([e["label"] for e in validation]))
+    return classification_report(run, test, ensembler.combine(probabilities["test"], weights), "test")
 
 
 def export_outputs(run: Run, ensembler, members: list[Member], tokenizer, metrics: dict, member_metrics: dict) -> Path:
