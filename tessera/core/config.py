@@ -115,6 +115,29 @@ class ServeConfig:
 
 
 @dataclass
+class FederatedConfig:
+    """A federated stage (selected by ``aggregator=NAME``): its clients, rounds and faults (docs/federated.md)."""
+
+    #: Clients the training split is shared out among (in process: nodes of tessera's grid).
+    clients: int = 8
+    rounds: int = 10
+    #: ``iid``, ``dirichlet`` (label shares drawn from Dirichlet(alpha)) or ``by_label`` (contiguous label shards).
+    partition: str = "iid"
+    alpha: float = 0.5
+    #: Local training per client and round: epochs over its partition, or optimizer steps when set.
+    local_epochs: int = 1
+    local_steps: Optional[int] = None
+    #: The fraction of the clients sampled each round.
+    fraction: float = 1.0
+    #: A round completes when at least this many sampled clients answered; null: every sampled client.
+    min_clients: Optional[int] = None
+    #: Seconds the server waits for a round's replies.
+    timeout: float = 3600.0
+    #: Simulated faults (in process): the probability that a sampled client drops out of a round.
+    dropout: float = 0.0
+
+
+@dataclass
 class PluginsConfig:
     """Which plugins a run may use, by name (see ``tessera plugins``)."""
 
@@ -141,6 +164,7 @@ class _CoreConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
 

@@ -206,7 +206,7 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     from tessera.core.evaluate import evaluate_objectives
     from tessera.core.max_length import resolve_max_length
     from tessera.core.models import load_tokenizer
-    from tessera.core.pipeline import _phase
+    from tessera.core.pipeline import phase
 
     ensembler = run.composition.selected("ensemble")[0]
     members = members_of(ensembler, run.composition)
@@ -216,7 +216,7 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     resolve_max_length(run, splits.train)
     tokenizer = load_tokenizer(run.cfg.model)
     context = EnsembleContext(run, members, normalised(ensembler.config.weights, len(members)))
-    with _phase("members", timings):
+    with phase("members", timings):
         member_metrics, probabilities = {}, {"validation": [], "test": []}
         for member in members:  # each member loaded once: its test metrics, and its probabilities for a combiner
             model = _load_member(member, task)
@@ -235,11 +235,11 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     if ensembler.space == "weights":
         from tessera.core.pipeline import export_model
 
-        with _phase("merge_members", timings):
+        with phase("merge_members", timings):
             model = merge_members(ensembler, members, run, context, tokenizer, validation)
         if ensembler.details():
             record["ensemble"]["details"] = ensembler.details()
-        with _phase("evaluate", timings):
+        with phase("evaluate", timings):
             metrics = evaluate_objectives(run, model, tokenizer, test, "test")
             run.events.evaluation("test", metrics)
         items = run.composition.item_builder.items(
@@ -249,10 +249,10 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
         if not run.composition.selected("compress"):
             ensembler.write_unmerged(run.dir / "export")
         return metrics, {**compression, **record}
-    with _phase("combine", timings):
+    with phase("combine", timings):
         metrics = combine_outputs(ensembler, run, probabilities, context.weights, validation, test)
         run.events.evaluation("test", metrics)
-    with _phase("export", timings):
+    with phase("export", timings):
         export_outputs(run, ensembler, members, tokenizer, metrics, member_metrics)
     return metrics, record
 

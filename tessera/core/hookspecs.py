@@ -89,9 +89,18 @@ def tessera_epoch_end(run, epoch, metrics):
 @hookspec
 def tessera_evaluation(run, split, metrics):
     """Called after a split is evaluated, with its metrics dict: ``"validation"`` at the end of every complete epoch
-    (right before ``tessera_epoch_end`` gets the same metrics), ``"test"`` once after training, and
+    (right before ``tessera_epoch_end`` gets the same metrics) or, in a federated stage, of every round (right
+    before ``tessera_federated_round_end``), ``"test"`` once after training, and
     ``"compressed"`` once after the post-training compressors changed the model (the final model's test metrics),
     before export."""
+
+
+@hookspec
+def tessera_federated_round_end(run, round, metrics):
+    """Called after each round of a federated stage (right after ``tessera_evaluation("validation")`` gets the
+    round's validation metrics), with the 1-based ``round`` and its record: ``clients`` (sampled), ``answered``,
+    ``lost``, ``bytes_sent``, ``bytes_received``, ``train`` (the clients' aggregated training metrics),
+    ``validation`` (the global model's) and ``seconds``."""
 
 
 @hookspec

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -80,7 +81,7 @@ def ended(error: BaseException, directory: Path) -> tuple[str, dict]:
 
 
 @contextmanager
-def _phase(name: str, timings: dict):
+def phase(name: str, timings: dict):
     started = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - started
@@ -98,6 +99,10 @@ def execute(run: Run, splits: Splits) -> dict:
             from tessera.core.ensembling import ensemble_stage
 
             metrics, record = ensemble_stage(run, splits, timings)
+        elif run.composition.selected("aggregator"):
+            from tessera.federated.stage import federated_stage
+
+            metrics, record = federated_stage(run, splits, timings)
         else:
             metrics, record = _training_stage(run, splits, timings)
     except BaseException as error:
@@ -113,24 +118,36 @@ def execute(run: Run, splits: Splits) -> dict:
     return metrics
 
 
-def _training_stage(run: Run, splits: Splits, timings: dict) -> tuple[dict, dict]:
-    """Train, evaluate, compress and export; return the final test metrics and the rest of ``metrics.json``."""
+@dataclass
+class Built:
+    """A stage's data and model, ready to train: the three splits after augmentation and knowledge enrichment, the
+    tokenizer, the training items and the model with its compressors' ``prepare``, adapters and retrievers."""
+
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    tokenizer: object
+    items: list[dict]
+    model: object
+
+
+def build(run: Run, splits: Splits, timings: dict) -> Built:
+    """The phases before training: augment, kg enrichment, then the model (``timings`` gets each phase's time)."""
     from tessera.core.adapting import apply_adapters
-    from tessera.core.evaluate import evaluate_objectives
     from tessera.core.max_length import resolve_max_length
     from tessera.core.models import load_model, load_tokenizer
-    from tessera.core.trainer import Trainer, planned_steps
+    from tessera.core.trainer import planned_steps
 
     cfg = run.cfg
     train, validation, test = splits.train, splits.validation, splits.test
     resolve_max_length(run, train)  # before the kg phase, whose text injection keeps within it
-    with _phase("augment", timings):
+    with phase("augment", timings):
         for augmenter in run.composition.selected("augment"):
             train = augmenter.augment(train, cfg.trainer.seed)
-    with _phase("kg", timings):
+    with phase("kg", timings):
         for retriever in run.composition.selected("kg"):
             train, validation, test = (retriever.enrich(split, run) for split in (train, validation, test))
-    with _phase("model", timings):
+    with phase("model", timings):
         tokenizer = load_tokenizer(cfg.model)
         items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)
         run.total_steps = planned_steps(cfg.trainer, len(items))  # known before the adapters (AdaLoRA)
@@ -140,7 +157,27 @@ def _training_stage(run: Run, splits: Splits, timings: dict) -> tuple[dict, dict
         model = apply_adapters(model, run.composition.selected("adapter"), run)
         for retriever in run.composition.selected("kg"):
             model = retriever.attach(model, run)
-    with _phase("train", timings):
+    return Built(train, validation, test, tokenizer, items, model)
+
+
+def evaluate_test(run: Run, model, tokenizer, test: list[dict], timings: dict) -> dict:
+    """The trained model's test metrics (the ``evaluate`` phase and its ``tessera_evaluation`` event)."""
+    from tessera.core.evaluate import evaluate_objectives
+
+    with phase("evaluate", timings):
+        metrics = evaluate_objectives(run, model, tokenizer, test, "test")
+        run.events.evaluation("test", metrics)
+    return metrics
+
+
+def _training_stage(run: Run, splits: Splits, timings: dict) -> tuple[dict, dict]:
+    """Train, evaluate, compress and export; return the final test metrics and the rest of ``metrics.json``."""
+    from tessera.core.evaluate import evaluate_objectives
+    from tessera.core.trainer import Trainer
+
+    built = build(run, splits, timings)
+    model, tokenizer, items, validation = built.model, built.tokenizer, built.items, built.validation
+    with phase("train", timings):
 
         def validate(trained) -> dict:
             metrics = evaluate_objectives(run, trained, tokenizer, validation, "validation")
@@ -149,10 +186,8 @@ def _training_stage(run: Run, splits: Splits, timings: dict) -> tuple[dict, dict
 
         trainer = Trainer(run, model, items, tokenizer, validate)
         model = trainer.fit()
-    with _phase("evaluate", timings):
-        metrics = evaluate_objectives(run, model, tokenizer, test, "test")
-        run.events.evaluation("test", metrics)
-    metrics, record = export_model(run, model, tokenizer, items, test, metrics, timings)
+    metrics = evaluate_test(run, model, tokenizer, built.test, timings)
+    metrics, record = export_model(run, model, tokenizer, items, built.test, metrics, timings)
     return metrics, {**record, "steps": run.total_steps, **trainer.history}
 
 
@@ -163,14 +198,14 @@ def export_model(run: Run, model, tokenizer, items: list[dict], test: list[dict]
     compressors = run.composition.selected("compress")
     target = run.dir / "export"
     with atomic_directory(target, owned=True) as partial:
-        with _phase("merge", timings):
+        with phase("merge", timings):
             if not compressors:
                 model = model.cpu()
             model, unmerged, notes = fold_adapters(run, model, None if compressors else partial / "adapters")
         compression = None
         if compressors:
             model, metrics, compression = _compress(run, model, tokenizer, items, test, metrics, timings)
-        with _phase("export", timings):
+        with phase("export", timings):
             export_format = compression.pop("export_format") if compression else HUGGINGFACE
 
             def card() -> str:
@@ -191,13 +226,13 @@ def _compress(run: Run, model, tokenizer, items, test, uncompressed: dict, timin
     from tessera.core.compression import compress, inference_throughput, parameter_stats, state_dict_bytes
     from tessera.core.evaluate import evaluate_objectives
 
-    with _phase("compress", timings):
+    with phase("compress", timings):
         before = {"test": uncompressed, "size_bytes": state_dict_bytes(model), **parameter_stats(model)}
         before["sentences_per_second"] = inference_throughput(run, model, tokenizer, test)
         final, export_format, details = compress(run, model, tokenizer, items)
     metrics = uncompressed
     if details:  # a post-training compressor changed the model: the final model is evaluated again
-        with _phase("evaluate_compressed", timings):
+        with phase("evaluate_compressed", timings):
             metrics = evaluate_objectives(run, final, tokenizer, test, "test")
             run.events.evaluation("compressed", metrics)
     after = {**parameter_stats(final), "sentences_per_second": inference_throughput(run, final, tokenizer, test)}

@@ -42,6 +42,7 @@ BUILTIN_PLUGINS = {
     "tessera.adversaries": "tessera.plugins.adversaries",
     "tessera.compressors": "tessera.plugins.compressors",
     "tessera.ensemblers": "tessera.plugins.ensemblers",
+    "tessera.aggregators": "tessera.plugins.aggregators",
 }
 
 

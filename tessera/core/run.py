@@ -94,11 +94,6 @@ def _instantiate(plugins: Plugins, installed: Registry, family: str, name: str, 
                 f"unknown parameter {family}.{name}.{unknown[0]}: valid parameters are {', '.join(sorted(known))}"
             )
         config = spec.cls.Config(**(values or {}))
-    if not FAMILIES[family].engine:
-        raise ConfigError(
-            f"{family}={name} cannot run: tessera has no engine for the {family} family yet, so nothing would call "
-            f"it; remove it ({family}=none)"
-        )
     return spec.cls(config)
 
 
@@ -200,6 +195,10 @@ class Events:
     def evaluation(self, split: str, metrics: dict) -> None:
         """``tessera_evaluation``: ``split`` was evaluated."""
         self._hook.tessera_evaluation(run=self._run, split=split, metrics=metrics)
+
+    def federated_round_end(self, round_number: int, metrics: dict) -> None:
+        """``tessera_federated_round_end``: round ``round_number`` of a federation is aggregated and validated."""
+        self._hook.tessera_federated_round_end(run=self._run, round=round_number, metrics=metrics)
 
     def export(self, export_dir: Path) -> None:
         """``tessera_export``: the export is in place."""

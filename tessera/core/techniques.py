@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from tessera.core.compression import Compressed, CompressionContext
@@ -266,14 +267,44 @@ class KGRetriever(Technique):
 
 
 class Aggregator(Technique):
-    """Combines client updates into a new global model state. No engine calls it yet: a selected aggregator is
-    refused."""
+    """Combines the clients' updates of every federated round into the new global model, as a Flower strategy
+    (:mod:`tessera.federated`). Selecting an aggregator makes the stage federated: the training split is shared out
+    among ``federated.clients`` clients, each round trains on the sampled clients with tessera's trainer, and the
+    aggregator's strategy merges what they send back (their trainable parameters only)."""
 
     family = "aggregator"
+    #: Whether the aggregate depends on the clients' updates only through their (weighted) sum, so that secure
+    #: aggregation, which hides every single update, can compute it (FedAvg yes; Krum, the median no).
+    sum_only: ClassVar[bool] = True
+
+    def min_clients(self) -> int:
+        """The fewest clients a round must sample for this aggregator to work (Bulyan: 4f + 3). Default: 1."""
+        return 1
+
+    def validate(self, composition: Composition) -> None:
+        """The federation can run (:func:`tessera.federated.stage.validate_federation`: clients, rounds, sampling,
+        the aggregator's own minimum). Subclasses that add checks call ``super().validate(composition)``."""
+        from tessera.federated.stage import validate_federation
+
+        validate_federation(self, composition)
 
     @abstractmethod
-    def aggregate(self, global_state: dict, updates: list[tuple[dict, int]], round_number: int) -> dict:
-        """Return the new global state from the clients' ``(state, num_examples)`` updates."""
+    def strategy(self, context: FederationContext):
+        """The ``flwr.serverapp.strategy.Strategy`` that aggregates each round, built with
+        ``**context.strategy_options`` (the sampling that the ``federated`` config asks for)."""
+
+
+@dataclass
+class FederationContext:
+    """What an aggregator's strategy is built from: the run, the clients a round samples, the strategy options that
+    sample them (Flower's ``fraction_train``, ``min_train_nodes``, ``min_available_nodes``; federated evaluation off)
+    and ``train_root(arrays)``, a round of local training on the server's own root set (FLTrust)."""
+
+    run: Run
+    clients: int
+    per_round: int
+    strategy_options: dict
+    train_root: Callable[[dict], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -292,9 +323,6 @@ class Family:
     #: The config default (``none`` selects nothing); None: not a config group (graph loaders are named by a
     #: technique's ``graph`` parameter and by ``tessera kg``, not selected on their own).
     default: str | None = "none"
-    #: Whether tessera has an engine that calls the family. A technique of a family without one is refused when
-    #: selected: nothing would call it.
-    engine: bool = True
 
 
 def _graph_loader_base() -> type:
@@ -363,9 +391,8 @@ FAMILIES: dict[str, Family] = {
             "aggregator",
             Aggregator,
             "tessera_aggregators",
-            "An aggregator combines client updates into a new global model. tessera has no federated engine "
-            "yet: selecting an aggregator is refused.",
-            engine=False,
+            "An aggregator combines the clients' updates of each federated round into a new global model, as a "
+            "Flower strategy; selecting one makes the stage federated (``federated.clients``, ``federated.rounds``).",
         ),
         Family(
             "kg_loader",

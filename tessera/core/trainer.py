@@ -30,6 +30,16 @@ log = logging.getLogger("tessera")
 
 
 @dataclass
+class LocalRound:
+    """One federated client's round of local training: its trainer settings (``run.cfg.trainer`` with the round's
+    epochs or steps and seed) and the loss terms added at the loss seam (``term(loss, model) -> loss``: FedProx's
+    proximal term)."""
+
+    trainer: object
+    loss_terms: tuple = ()
+
+
+@dataclass
 class TrainStep:
     """What an adversary sees at the backward seam: the model, the batch and how to recompute the loss."""
 
@@ -108,6 +118,18 @@ def config_fingerprint(cfg) -> dict:
     return flat
 
 
+def refuse_another_config(path: Path, recorded: dict, current: dict) -> None:
+    """Raise a ``ConfigError`` when the checkpoint ``path`` was written with another config fingerprint than
+    ``current`` (:func:`config_fingerprint`), naming the first keys that differ."""
+    changed = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+        raise ConfigError(
+            f"the checkpoint {path} was written with another config ({shown}): "
+            "resume with the same overrides as the original run"
+        )
+
+
 def planned_steps(trainer_cfg, train_examples: int) -> int:
     """The optimizer steps of a run: ``trainer.max_steps``, or epochs x steps per epoch."""
     batches_per_epoch = math.ceil(train_examples / trainer_cfg.batch_size)
@@ -129,15 +151,29 @@ def _param_groups(model, learning_rate: float, weight_decay: float, adapters) ->
 class Trainer:
     """Trains ``model`` on ``train`` with the run's objectives and adversary."""
 
-    def __init__(self, run: Run, model, train: list[dict], tokenizer, validate: Callable[[object], dict]):
+    def __init__(
+        self,
+        run: Run,
+        model,
+        train: list[dict],
+        tokenizer,
+        validate: Callable[[object], dict] | None,
+        local=None,
+    ):
         """``train`` holds the objectives' training items; ``validate(model)`` returns the validation metrics
-        measured at the end of each epoch."""
+        measured at the end of each epoch.
+
+        ``local``: a federated client's round of local training (:class:`LocalRound`) instead of the run's
+        training: its trainer settings replace ``run.cfg.trainer``, its loss terms follow the compressors' at the
+        loss seam, and the round writes no checkpoint, validates nothing, fires no event and leaves
+        ``run.total_steps`` alone (the federation owns them)."""
         import torch
         from accelerate import Accelerator
         from transformers import get_scheduler
 
         self.run, self.train, self.tokenizer, self.validate = run, train, tokenizer, validate
-        self.cfg = run.cfg.trainer
+        self.local = local
+        self.cfg = local.trainer if local else run.cfg.trainer
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         device, mixed_precision = resolve_device(self.cfg)
@@ -149,7 +185,9 @@ class Trainer:
         )
         # The fused kernel updates all parameters at once: ~100x faster than the per-tensor default on a CPU.
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate, fused=True)
-        total = run.total_steps = planned_steps(self.cfg, len(train))
+        total = self.total_steps = planned_steps(self.cfg, len(train))
+        if not local:
+            run.total_steps = total
         scheduler = get_scheduler(
             {"constant": "constant_with_warmup"}.get(self.cfg.scheduler, self.cfg.scheduler),
             optimizer,
@@ -176,6 +214,8 @@ class Trainer:
         loss = sum(objective.config.weight * objective.loss(outputs, batch) for objective in self.objectives)
         for compressor in self.compressors:
             loss = compressor.training_loss(loss, outputs, batch)
+        for term in self.local.loss_terms if self.local else ():
+            loss = term(loss, self.model)
         return loss
 
     def make_batch(self, indices: list[int], position: int) -> dict:
@@ -207,12 +247,15 @@ class Trainer:
         """The seam after the gradients are complete: clip them, then let plugins act."""
         if self.cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        self.run.events.before_optimizer_step(self.model, self.global_step + 1)
+        if not self.local:
+            self.run.events.before_optimizer_step(self.model, self.global_step + 1)
 
     # --- loop ----------------------------------------------------------------------------------------------
 
     def fit(self):
         """Train to the end (from the last checkpoint when ``resume=true``) and return the unwrapped model."""
+        if self.local:
+            return self._fit_round()
         if self.run.cfg.resume:
             self._restore()
         else:
@@ -260,8 +303,32 @@ class Trainer:
                 self._checkpoint()
         return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
 
+    def _fit_round(self):
+        """A federated client's local training: the round's epochs (or steps), nothing written, no event."""
+        self.model.train()
+        losses = []
+        while self.epoch < self.cfg.epochs and not self._finished():
+            batches = batch_order(self.train, self.cfg.batch_size, self.cfg.seed, self.epoch, self.cfg.group_by_length)
+            for position, indices in enumerate(batches):
+                batch = self.make_batch(indices, position)
+                loss = self.compute_loss(batch)
+                self.backward(batch, loss)
+                losses.append(loss.item())
+                if (position + 1) % self.cfg.gradient_accumulation_steps and position + 1 < len(batches):
+                    continue
+                self.before_optimizer_step()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                if self._finished():
+                    break
+            self.epoch += 1
+        self.history["train"].append({"step": self.global_step, "loss": sum(losses) / max(1, len(losses))})
+        return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+
     def _finished(self) -> bool:
-        return self.global_step >= self.run.total_steps
+        return self.global_step >= self.total_steps
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 
@@ -337,20 +404,13 @@ class Trainer:
         return str(path.relative_to(self.run.dir)) if path.is_relative_to(self.run.dir) else str(path)
 
     def _describe_position(self) -> str:
-        steps = f"step {self.global_step} of {self.run.total_steps}"
+        steps = f"step {self.global_step} of {self.total_steps}"
         if self._finished() or self.epoch >= self.cfg.epochs:
             return f"training done, {steps}"
         return f"epoch {self.epoch + 1} of {self.cfg.epochs}, {steps}"
 
     def _refuse_another_config(self, path: Path, recorded: dict) -> None:
-        current = config_fingerprint(self.run.cfg)
-        changed = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
-        if changed:
-            shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
-            raise ConfigError(
-                f"the checkpoint {path} was written with another config ({shown}): "
-                "resume with the same overrides as the original run"
-            )
+        refuse_another_config(path, recorded, config_fingerprint(self.run.cfg))
 
     def _check_trainable(self, trainable: dict) -> None:
         """Raise :class:`UnreadableCheckpoint` unless ``trainable`` holds exactly the model's trainable weights."""

@@ -1,4 +1,5 @@
-"""Built-in console logger: a rich progress bar with loss and throughput, and the metrics of each evaluation."""
+"""Built-in console logger: a rich progress bar with loss and throughput (of a federation: of its rounds), and
+the metrics of each evaluation."""
 
 from tessera import hookimpl
 
@@ -33,6 +34,14 @@ def tessera_epoch_end(run, epoch, metrics):
     progress, _ = run.state[_PROGRESS_KEY]
     shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, float))
     progress.console.print(f"epoch {epoch}: validation {shown}")
+
+
+@hookimpl
+def tessera_federated_round_end(run, round, metrics):
+    progress, task = run.state[_PROGRESS_KEY]
+    progress.update(task, completed=round, loss=metrics["train"].get("train_loss", float("nan")))
+    shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics["validation"].items() if isinstance(value, float))
+    progress.console.print(f"round {round}: {metrics['answered']}/{metrics['clients']} clients, validation {shown}")
 
 
 @hookimpl

@@ -1,5 +1,7 @@
 """Built-in TensorBoard logger, under ``<run>/tensorboard``: training scalars per step (``train/*``), validation
-metrics per epoch (``validation/*``, from ``tessera_epoch_end``) and the test metrics at the last step (``test/*``)."""
+metrics per epoch (``validation/*``, from ``tessera_epoch_end``), a federation's rounds (``round/*``: validation,
+aggregated training metrics, clients answered and bytes moved, per round) and the test metrics at the last step
+(``test/*``)."""
 
 from tessera import hookimpl
 
@@ -32,6 +34,18 @@ def tessera_epoch_end(run, epoch, metrics):
     writer = _writer(run)
     for key, value in _scalars(metrics).items():
         writer.add_scalar(f"validation/{key}", value, epoch)
+
+
+@hookimpl
+def tessera_federated_round_end(run, round, metrics):
+    writer = _writer(run)
+    flat = {
+        **{f"validation/{k}": v for k, v in metrics["validation"].items()},
+        **{f"train/{k}": v for k, v in metrics["train"].items()},
+        **{k: metrics[k] for k in ("answered", "lost", "bytes_sent", "bytes_received", "seconds")},
+    }
+    for key, value in _scalars(flat).items():
+        writer.add_scalar(f"round/{key}", value, round)
 
 
 @hookimpl
