@@ -115,9 +115,10 @@ def read(path: Path) -> dict:
         raise UnreadableCheckpoint(f"{type(error).__name__}: {error}") from error
 
 
-def complete(directory: Path) -> list[Path]:
-    """The complete checkpoints in ``directory`` (renamed into place, with their completion marker), oldest first."""
-    return sorted(p for p in directory.glob("step-*") if is_complete(p)) if directory.is_dir() else []
+def complete(directory: Path, pattern: str = "step-*") -> list[Path]:
+    """The complete checkpoints in ``directory`` (renamed into place, with their completion marker), oldest first
+    (``pattern``: ``round-*`` for a federation's round checkpoints)."""
+    return sorted(p for p in directory.glob(pattern) if is_complete(p)) if directory.is_dir() else []
 
 
 def unfinished(directory: Path) -> list[Path]:

@@ -77,7 +77,7 @@ def ended(error: BaseException, directory: Path) -> tuple[str, dict]:
     if isinstance(error, KeyboardInterrupt):
         from tessera.core.checkpoints import complete
 
-        found = complete(directory / "checkpoints")
+        found = complete(directory / "checkpoints") or complete(directory / "rounds", "round-*")
         where = f"its last checkpoint, {found[-1].name}" if found else "the start (no checkpoint was written)"
         return "interrupted", {"resume": f"rerun the same command with resume=true: it continues from {where}"}
     message = str(error).strip().splitlines()

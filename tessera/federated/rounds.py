@@ -156,9 +156,7 @@ class Federation:
             shutil.rmtree(old, ignore_errors=True)
 
     def _complete(self) -> list[Path]:
-        directory = self.checkpoint_dir
-        found = directory.glob("round-*") if directory.is_dir() else []
-        return sorted(p for p in found if checkpoints.is_complete(p))
+        return checkpoints.complete(self.checkpoint_dir, "round-*")
 
     def _restore(self) -> tuple[ArrayRecord, int] | None:
         """The global arrays and the next round from the newest round checkpoint that reads back, or None."""
