@@ -135,6 +135,10 @@ class FederatedConfig:
     timeout: float = 3600.0
     #: Simulated faults (in process): the probability that a sampled client drops out of a round.
     dropout: float = 0.0
+    #: Byzantine clients for robustness experiments: ``none``, ``sign_flip``, ``gaussian``, ``label_flip``, ``alie``.
+    attack: str = "none"
+    #: The fraction of the clients that attack (seeded by trainer.seed; at least one when positive).
+    attackers: float = 0.0
 
 
 @dataclass

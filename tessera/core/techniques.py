@@ -281,6 +281,11 @@ class Aggregator(Technique):
         """The fewest clients a round must sample for this aggregator to work (Bulyan: 4f + 3). Default: 1."""
         return 1
 
+    def root_examples(self) -> int:
+        """Training examples the server keeps out of the clients' partitions as its own root set, which
+        ``FederationContext.train_root`` trains on (FLTrust). Default: 0, none."""
+        return 0
+
     def validate(self, composition: Composition) -> None:
         """The federation can run (:func:`tessera.federated.stage.validate_federation`: clients, rounds, sampling,
         the aggregator's own minimum). Subclasses that add checks call ``super().validate(composition)``."""
@@ -298,13 +303,14 @@ class Aggregator(Technique):
 class FederationContext:
     """What an aggregator's strategy is built from: the run, the clients a round samples, the strategy options that
     sample them (Flower's ``fraction_train``, ``min_train_nodes``, ``min_available_nodes``; federated evaluation off)
-    and ``train_root(arrays)``, a round of local training on the server's own root set (FLTrust)."""
+    and ``train_root(arrays, server_round)``, a round of local training on the server's own root set (FLTrust;
+    None unless the aggregator's ``root_examples()`` is positive)."""
 
     run: Run
     clients: int
     per_round: int
     strategy_options: dict
-    train_root: Callable[[dict], dict] | None = None
+    train_root: Callable[[dict, int], dict] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -73,14 +73,17 @@ class LocalTraining:
     """What every client of one federation shares: the run, the model to train (its trainable parameters are
     overwritten by each round's global ones), the tokenizer and the training items of each partition.
 
-    ``corrupt`` (set by an attack) maps ``(partition, global arrays, trained arrays, config)`` to the update a
-    Byzantine client sends instead; None for honest clients."""
+    ``corrupt`` (set by an attack, :mod:`tessera.federated.attacks`) maps ``(partition, global arrays, trained
+    arrays, config)`` to the update a Byzantine client sends instead; None for honest clients. ``attackers`` are the
+    partition ids that attack. A partition past the clients' (``partitions[federated.clients]``) is the server's
+    root set (FLTrust)."""
 
     run: Run
     model: object
     tokenizer: object
     partitions: list[list[dict]]
     corrupt: Callable | None = None
+    attackers: list[int] = field(default_factory=list)
 
     def settings(self, partition: int, server_round: int, examples: int):
         """The trainer settings of one client's round: the run's trainer with ``federated.local_epochs`` (or
@@ -95,8 +98,9 @@ class LocalTraining:
         seed = trainer.seed * 1_000_003 + server_round * 10_007 + partition
         return OmegaConf.merge(trainer, {"epochs": epochs, "max_steps": steps, "seed": seed})
 
-    def train(self, partition: int, arrays: dict, config: dict) -> tuple[dict, dict]:
-        """Train the global ``arrays`` on ``partition`` for one round; return the trained arrays and the metrics."""
+    def train(self, partition: int, arrays: dict, config: dict, honest: bool = False) -> tuple[dict, dict]:
+        """Train the global ``arrays`` on ``partition`` for one round; return the trained arrays (corrupted by
+        ``corrupt`` unless ``honest``) and the metrics."""
         from tessera.core.trainer import LocalRound, Trainer
 
         items = self.partitions[partition]
@@ -110,7 +114,7 @@ class LocalTraining:
         trainer = Trainer(self.run, self.model, items, self.tokenizer, None, local=local)
         trainer.fit()
         trained = trainable_state(self.model)
-        if self.corrupt is not None:
+        if self.corrupt is not None and not honest:
             trained = self.corrupt(partition, arrays, trained, config)
         loss = trainer.history["train"][-1]["loss"]
         return trained, {"num-examples": len(items), "train_loss": loss, "steps": trainer.global_step}

@@ -109,10 +109,11 @@ class Federation:
                 f"federated.min_clients={self.min_clients} ({lost[0] if lost else 'no replies'}); lower "
                 "federated.min_clients or fix the failing clients, then rerun with resume=true"
             )
+        # counted before aggregating: FedMedian and FedTrimmedAvg pop the arrays out of the replies
+        received = sum(record_bytes(m.content.array_records["arrays"]) for m in answered)
         aggregated, train_metrics = self.strategy.aggregate_train(server_round, answered)
         if aggregated is None:
             raise FederationError(f"round {server_round}: the aggregator returned no model")
-        received = sum(record_bytes(m.content.array_records["arrays"]) for m in answered)
         aggregated = ArrayRecord({k: t.float() for k, t in aggregated.to_torch_state_dict().items()})
         validation = self.evaluate(aggregated.to_torch_state_dict())
         record = {

@@ -15,6 +15,7 @@ import math
 from tessera.core.errors import ConfigError, IncompatibleError
 from tessera.core.pipeline import build, evaluate_test, export_model, phase
 from tessera.core.run import Run
+from tessera.federated.attacks import validate_attack
 from tessera.federated.partition import label_counts, partition
 
 log = logging.getLogger("tessera")
@@ -67,6 +68,7 @@ def validate_federation(aggregator, composition) -> None:
             f"{sampled} (federated.clients={federated.clients}, federated.fraction={federated.fraction}): "
             "add clients or choose another aggregator"
         )
+    validate_attack(cfg)
     for compressor in composition.selected("compress"):
         if any(hasattr(compressor, hook) for hook in ("tessera_before_optimizer_step", "tessera_step_end")):
             raise IncompatibleError(
@@ -138,6 +140,9 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
         "partition": federated.partition,
         "examples_per_client": [len(share) for share in shares],
         "labels_per_client": label_counts(built.train, shares),
+        "root_examples": aggregator.root_examples(),
+        "attack": federated.attack,
+        "attackers": local.attackers,
         "trainable_parameters": sum(t.numel() for t in initial.values()),
         "rounds": federation.history,
     }
@@ -146,17 +151,37 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
 
 def local_training(run: Run, built):
     """The clients' :class:`~tessera.federated.client.LocalTraining` of a built stage, and each client's indices
-    into the training split (``federated.partition``, seeded by ``trainer.seed``)."""
+    into the training split (``federated.partition``, seeded by ``trainer.seed``). An aggregator with a root set
+    (``root_examples()``: FLTrust) gets a seeded sample of the training split kept out of the clients' partitions,
+    as the extra partition ``federated.clients``. The attackers of ``federated.attack`` are installed."""
+    import random
+
+    from tessera.federated import attacks
     from tessera.federated.client import LocalTraining
 
     cfg, federated = run.cfg, run.cfg.federated
-    shares = partition(built.train, federated.clients, federated.partition, federated.alpha, cfg.trainer.seed)
+    aggregator = run.composition.selected("aggregator")[0]
+    held = aggregator.root_examples()
+    if held and held > len(built.train) - federated.clients:
+        raise ConfigError(
+            f"{aggregator.label}: root_examples={held} leaves fewer training examples than the "
+            f"{federated.clients} clients ({len(built.train)} in all): lower it"
+        )
+    root = sorted(random.Random(cfg.trainer.seed * 31 + 7).sample(range(len(built.train)), held)) if held else []
+    kept = set(root)
+    rest = [i for i in range(len(built.train)) if i not in kept]
+    found = partition(
+        [built.train[i] for i in rest], federated.clients, federated.partition, federated.alpha, cfg.trainer.seed
+    )
+    shares = [[rest[j] for j in share] for share in found]
     builder = run.composition.item_builder
     partitions = [
         builder.items([built.train[i] for i in share], built.tokenizer, cfg.data.max_length, cfg.trainer.seed)
-        for share in shares
+        for share in shares + ([root] if root else [])
     ]
-    return LocalTraining(run, built.model, built.tokenizer, partitions), shares
+    local = LocalTraining(run, built.model, built.tokenizer, partitions)
+    attacks.install(local)
+    return local, shares
 
 
 def context(run: Run, local):
@@ -171,4 +196,10 @@ def context(run: Run, local):
         "min_train_nodes": sampled,
         "min_available_nodes": federated.clients,
     }
-    return FederationContext(run, federated.clients, sampled, options)
+    train_root = None
+    if len(local.partitions) > federated.clients:  # the server's root set (FLTrust)
+
+        def train_root(arrays: dict, server_round: int = 0) -> dict:
+            return local.train(federated.clients, arrays, {"server-round": server_round}, honest=True)[0]
+
+    return FederationContext(run, federated.clients, sampled, options, train_root)
