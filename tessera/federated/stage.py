@@ -67,6 +67,7 @@ def validate_federation(aggregator, composition) -> None:
             f"{sampled} (federated.clients={federated.clients}, federated.fraction={federated.fraction}): "
             "add clients or choose another aggregator"
         )
+    validate_privacy(aggregator, cfg)
     for compressor in composition.selected("compress"):
         if any(hasattr(compressor, hook) for hook in ("tessera_before_optimizer_step", "tessera_step_end")):
             raise IncompatibleError(
@@ -82,6 +83,7 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     from tessera.core.trainer import config_fingerprint
     from tessera.federated.client import client_app, load_trainable, trainable_state
     from tessera.federated.grid import InProcessGrid
+    from tessera.federated.privacy import Privacy
     from tessera.federated.rounds import Federation
 
     cfg, federated = run.cfg, run.cfg.federated
@@ -89,9 +91,10 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     model, tokenizer = built.model, built.tokenizer
     local, shares = local_training(run, built)
     aggregator = run.composition.selected("aggregator")[0]
-    strategy = aggregator.strategy(context(run, local))
+    privacy = Privacy(cfg)
+    strategy = privacy.wrap(aggregator.strategy(context(run, local)), per_round(cfg))
     grid = run.state.get(GRID_KEY) or InProcessGrid(
-        client_app(lambda _: local), federated.clients, {}, federated.dropout, cfg.trainer.seed
+        client_app(lambda _: local, privacy.client_mods()), federated.clients, {}, federated.dropout, cfg.trainer.seed
     )
     initial = trainable_state(model)
 
@@ -125,6 +128,8 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
         config_fingerprint(cfg),
         seed=cfg.trainer.seed,
         timeout=federated.timeout,
+        exchange=privacy.exchange(max(len(share) for share in shares), federated.timeout),
+        account=privacy.account,
     )
     run.total_steps = federated.rounds  # the progress of a federation is counted in rounds
     run.events.run_start()
@@ -140,8 +145,22 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
         "labels_per_client": label_counts(built.train, shares),
         "trainable_parameters": sum(t.numel() for t in initial.values()),
         "rounds": federation.history,
+        "privacy": privacy.summary(federation.history),
     }
     return metrics, {**record, "federated": summary}
+
+
+def validate_privacy(aggregator, cfg) -> None:
+    """Refuse ``federated.privacy`` settings that cannot run (:func:`tessera.federated.privacy.validate`), and
+    secure aggregation with an aggregator that needs the individual updates."""
+    from tessera.federated.privacy import validate
+
+    validate(cfg)
+    if cfg.federated.privacy.secagg and not aggregator.sum_only:
+        raise IncompatibleError(
+            f"{aggregator.label} and federated.privacy.secagg=true cannot be combined: {aggregator.name} needs every "
+            "client's update, secure aggregation reveals only their sum"
+        )
 
 
 def local_training(run: Run, built):
