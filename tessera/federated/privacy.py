@@ -17,6 +17,9 @@ composes the rounds with Renyi DP (opacus ``RDPAccountant``) and reports epsilon
   ``sigma_b`` with ``z^-2 = z_delta^-2 + (2 sigma_b)^-2``, so both releases together cost one Gaussian mechanism of
   multiplier ``z``: the accountant charges ``z`` per round, which assumes that composition (and a count
   sensitivity of one clipped bit per client).
+- Flower 1.32.1's adaptive wrappers update the norm the wrong way round (they count clipped updates but apply
+  the rule for unclipped ones, so the norm runs away from the target quantile); tessera's subclasses
+  :class:`ServerSideAdaptiveClipping` and :class:`ClientSideAdaptiveClipping` turn the update around.
 - A round where only ``m < n`` sampled clients answered averages over ``m`` with the noise of ``n``: its noise
   multiplier is ``z * m / n``, and the accountant charges that.
 - Flower samples exactly ``n`` clients without replacement; the RDP analysis is for Poisson sampling at rate ``q``,
@@ -26,7 +29,10 @@ composes the rounds with Renyi DP (opacus ``RDPAccountant``) and reports epsilon
 from __future__ import annotations
 
 import logging
+import math
 import warnings
+
+from flwr.serverapp import strategy as _flower
 
 from tessera.core.errors import ConfigError
 
@@ -61,6 +67,17 @@ def validate(cfg) -> None:
         raise ConfigError(f"federated.privacy.noise_multiplier={privacy.noise_multiplier} must be at least 0")
     if privacy.dp.endswith("fixed") and privacy.clipping_norm <= 0:
         raise ConfigError(f"federated.privacy.clipping_norm={privacy.clipping_norm} must be positive")
+    if privacy.dp.endswith("adaptive"):
+        from flwr.supercore.differential_privacy import compute_adaptive_noise_params
+
+        from tessera.federated.stage import per_round
+
+        try:
+            compute_adaptive_noise_params(noise_multiplier(cfg), per_round(cfg), privacy.clipped_count_stddev)
+        except ValueError as error:
+            raise ConfigError(
+                f"federated.privacy.dp={privacy.dp}: {error} (set federated.privacy.clipped_count_stddev)"
+            ) from None
     if privacy.secagg and privacy.dp.startswith("server"):
         raise ConfigError(
             f"federated.privacy.dp={privacy.dp} and federated.privacy.secagg=true cannot be combined: server-side "
@@ -145,10 +162,9 @@ class Privacy:
                     "client_fixed": flower.DifferentialPrivacyClientSideFixedClipping,
                 }[self.mode]
                 return wrapper(strategy, self.noise_multiplier, float(s.clipping_norm), sampled)
-            wrapper = {
-                "server_adaptive": flower.DifferentialPrivacyServerSideAdaptiveClipping,
-                "client_adaptive": flower.DifferentialPrivacyClientSideAdaptiveClipping,
-            }[self.mode]
+            wrapper = {"server_adaptive": ServerSideAdaptiveClipping, "client_adaptive": ClientSideAdaptiveClipping}[
+                self.mode
+            ]
             return wrapper(
                 strategy,
                 self.noise_multiplier,
@@ -229,6 +245,27 @@ class Privacy:
             "sample_rate": self.sample_rate,
             "accountant": "rdp (opacus), user-level DP-FedAvg",
         }
+
+
+def _towards_the_quantile(self, clipped_fraction: float) -> None:
+    """Andrew et al.'s geometric update of the clipping norm, with Flower's clipped (not unclipped) fraction:
+    ``C <- C * exp(lr * (clipped - target))``, so that C grows while more updates than the target are clipped."""
+    self.clipping_norm *= math.exp(self.clip_norm_lr * (clipped_fraction - self.target_clipped_quantile))
+
+
+class ServerSideAdaptiveClipping(_flower.DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping with the norm's update turned the right way: flwr 1.32.1 counts the
+    *clipped* updates but applies the paper's rule for the *unclipped* fraction, ``C * exp(-lr * (clipped -
+    target))``, so C shrinks when too many updates are clipped and runs away from the target quantile."""
+
+    _geometric_update = _towards_the_quantile
+
+
+class ClientSideAdaptiveClipping(_flower.DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping with the norm's update turned the right way (as
+    :class:`ServerSideAdaptiveClipping`)."""
+
+    _geometric_update = _towards_the_quantile
 
 
 def equal_weights_mod(msg, ctxt, call_next):

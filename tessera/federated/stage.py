@@ -156,7 +156,13 @@ def validate_privacy(aggregator, cfg) -> None:
     from tessera.federated.privacy import validate
 
     validate(cfg)
-    if cfg.federated.privacy.secagg and not aggregator.sum_only:
+    privacy = cfg.federated.privacy
+    if privacy.dp != "none" and not aggregator.sum_only:
+        raise IncompatibleError(
+            f"{aggregator.label} and federated.privacy.dp={privacy.dp} cannot be combined: the noise and the "
+            f"accountant assume an average of clipped updates (sensitivity C/n), {aggregator.name}'s aggregate is not one"
+        )
+    if privacy.secagg and not aggregator.sum_only:
         raise IncompatibleError(
             f"{aggregator.label} and federated.privacy.secagg=true cannot be combined: {aggregator.name} needs every "
             "client's update, secure aggregation reveals only their sum"
