@@ -12,6 +12,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp.strategy import FedAdam, FedAvg
 from omegaconf import OmegaConf
 
@@ -45,12 +46,18 @@ def toy_app(mods=(), scale=0.1):
         partition = int(context.node_config["partition-id"])
         arrays = message.content.array_records["arrays"].to_torch_state_dict()
         server_round = int(message.content.config_records["config"]["server-round"])
-        generator = torch.Generator().manual_seed(partition * 100 + server_round)
-        update = {k: v + scale * torch.randn(v.shape, generator=generator) for k, v in arrays.items()}
+        noise = toy_update(arrays, partition, server_round, scale)
+        update = {k: v + noise[k] for k, v in arrays.items()}
         metrics = MetricRecord({"num-examples": 10 + partition, "train_loss": float(partition)})
         return Message(RecordDict({"arrays": ArrayRecord(update), "metrics": metrics}), reply_to=message)
 
     return app
+
+
+def toy_update(arrays: dict, partition: int, server_round: int, scale: float = 0.1) -> dict:
+    """The update the toy client of ``partition`` makes in ``server_round``."""
+    generator = torch.Generator().manual_seed(partition * 100 + server_round)
+    return {k: scale * torch.randn(v.shape, generator=generator) for k, v in arrays.items()}
 
 
 class RecordingGrid(InProcessGrid):
@@ -181,6 +188,32 @@ def test_a_secagg_round_gives_the_plain_aggregate_up_to_quantisation(tmp_path, s
     # the server received only keys, shares and masked integer vectors: no reply carried a client's arrays
     assert grid.seen and all(not any(len(r) for r in reply.content.array_records.values()) for reply in grid.seen)
     assert federation.history[0]["answered"] == 4 and federation.history[0]["bytes_received"] > 0
+
+
+def test_a_client_lost_during_secagg_is_left_out_of_the_secure_average(tmp_path):
+    """Six clients, seeded faults: one drops out, the masks of the others still cancel and the average is theirs
+    (including a client lost after sharing its keys, whose masks its neighbours' shares remove)."""
+    cfg = config(clients=6, secagg=True)
+    options = {"fraction_evaluate": 0.0, "min_train_nodes": 6, "min_available_nodes": 6}
+    initial = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+    for seed in (0, 11):
+        grid = RecordingGrid(toy_app(secagg.client_mods()), 6, {}, dropout=0.2, seed=seed)
+        federation = Federation(
+            FedAvg(**options), grid, initial, 1, 2, lambda _: {}, lambda _: None, tmp_path / str(seed), {},
+            exchange=Privacy(cfg).exchange(15, None),
+        )  # fmt: skip
+        secure = federation.run(False)
+        masked = [
+            r.metadata.src_node_id
+            for r in grid.seen
+            if not r.has_error() and Key.MASKED_PARAMETERS in r.content.config_records.get(RECORD_KEY_CONFIGS, {})
+        ]
+        assert len(masked) == 5 and federation.history[0]["answered"] == 5 and federation.history[0]["lost"] == 1
+        weights = [10 + node - 1 for node in masked]
+        updates = [toy_update(initial, node - 1, 1) for node in masked]
+        expected = {k: sum(w * u[k] for w, u in zip(weights, updates)) / sum(weights) for k in initial}
+        tolerance = secagg.quantisation_error(cfg.federated.privacy, weights, 15)
+        assert max(float((secure[k] - expected[k]).abs().max()) for k in SHAPES) <= tolerance
 
 
 def test_secagg_with_client_side_dp_noises_the_secure_sum(tmp_path):

@@ -159,11 +159,17 @@ class SecureAggregation:
         # the Message API strategy's train contents (the workflow would send legacy FitIns), one RecordDict per node:
         # the workflow adds each node's own SecAgg+ config record to it, and a strategy may share one among all
         state.nid_to_fitins = {node: RecordDict(dict(message.content)) for node, message in by_node.items()}
-        for stage in (workflow.share_keys_stage, workflow.collect_masked_vectors_stage, workflow.unmask_stage):
+        completed = completed and workflow.share_keys_stage(counting, context, state)
+        if completed:
+            _keep_the_key_sharers(state)
+        for stage in (workflow.collect_masked_vectors_stage, workflow.unmask_stage):
             completed = completed and stage(counting, context, state)
         if not completed or not collector.results:
-            reasons = "; ".join(str(f) for f in state.failures[:2]) or "too few clients for the threshold"
-            lost = [_lost(m, f"secure aggregation halted ({reasons})") for m in messages]
+            reason = (
+                f"secure aggregation halted: {len(state.active_node_ids)} of {len(messages)} clients left, "
+                f"{state.threshold} needed to reconstruct the masks (federated.privacy.secagg_reconstruction_threshold)"
+            )
+            lost = [_lost(m, reason) for m in messages]
             return lost, counting.received
         names = list(messages[0].content.array_records["arrays"].keys())
         replies, answered = [], set()
@@ -179,6 +185,18 @@ class SecureAggregation:
             answered.add(node.node_id)
         replies += [_lost(m, "lost during secure aggregation") for n, m in by_node.items() if n not in answered]
         return replies, counting.received
+
+
+def _keep_the_key_sharers(state) -> None:
+    """Make the clients that shared their keys the protocol's set: those masks are in the sum, and the unmask
+    stage recovers the ones of them that drop out later. flwr 1.32.1's workflow keeps every sampled client
+    instead, so a client lost before sharing its keys (it has no shares to recover, no mask to remove) halts the
+    round ("Not enough shares")."""
+    survivors = set(state.active_node_ids)
+    state.sampled_node_ids = survivors
+    state.nid_to_neighbours = {
+        node: neighbours & survivors for node, neighbours in state.nid_to_neighbours.items() if node in survivors
+    }
 
 
 def _lost(message: Message, reason: str) -> Message:
