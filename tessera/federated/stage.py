@@ -4,7 +4,8 @@ global model evaluated on test, compressed and exported like any trained model.
 
 ``metrics.json`` gets ``federated``: the partition (examples and labels per client), the aggregator and one record
 per round (clients sampled, answered and lost, bytes sent and received, the aggregated training metrics, the
-validation metrics and the seconds).
+validation metrics and the seconds) and ``privacy`` (``federated.privacy``: the DP mode, secure aggregation, and
+epsilon at delta, also in each round's record: :mod:`tessera.federated.privacy`).
 """
 
 from __future__ import annotations
