@@ -263,6 +263,7 @@ def test_secagg_and_dp_are_refused_with_an_aggregator_that_needs_every_update():
         ({"dp": "server_adaptive", "noise_multiplier": 1.0}, "set federated.privacy.clipped_count_stddev"),
         ({"dp": "client_fixed", "delta": 2.0}, "federated.privacy.delta=2.0 must be in"),
         ({"dp": "client_fixed", "clipping_norm": 0.0}, "federated.privacy.clipping_norm=0.0 must be positive"),
+        ({"dp": "client_adaptive", "target_epsilon": 1e-4}, "federated.privacy.target_epsilon=0.0001 cannot be"),
     ],
 )
 def test_bad_privacy_settings_are_refused_in_one_line(settings, message):

@@ -96,16 +96,22 @@ def noise_multiplier(cfg) -> float:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(
-            get_noise_multiplier(
-                target_epsilon=privacy.target_epsilon,
-                target_delta=privacy.delta,
-                sample_rate=sample_rate(cfg),
-                steps=cfg.federated.rounds,
-                accountant="rdp",
-                epsilon_tolerance=0.01,
+        try:
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=privacy.target_epsilon,
+                    target_delta=privacy.delta,
+                    sample_rate=sample_rate(cfg),
+                    steps=cfg.federated.rounds,
+                    accountant="rdp",
+                    epsilon_tolerance=0.01,
+                )
             )
-        )
+        except ValueError as error:
+            raise ConfigError(
+                f"federated.privacy.target_epsilon={privacy.target_epsilon} cannot be reached at delta "
+                f"{privacy.delta} over {cfg.federated.rounds} rounds ({error}): raise it, or lower the rounds"
+            ) from None
 
 
 def epsilon(steps: list[tuple[float, float]], delta: float) -> float:
@@ -121,6 +127,11 @@ def epsilon(steps: list[tuple[float, float]], delta: float) -> float:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(accountant.get_epsilon(delta)) if steps else 0.0
+
+
+def finite(value: float) -> float | None:
+    """``value``, or None for infinity (no noise: no guarantee), which JSON cannot write."""
+    return None if math.isinf(value) else value
 
 
 class Privacy:
@@ -217,12 +228,12 @@ class Privacy:
         z = self.noise_multiplier * record["answered"] / max(1, record["clients"])
         record["privacy"] = {"noise_multiplier": z, "sample_rate": self.sample_rate}
         steps = [(r["privacy"]["noise_multiplier"], r["privacy"]["sample_rate"]) for r in history if "privacy" in r]
-        record["privacy"]["epsilon"] = epsilon([*steps, (z, self.sample_rate)], self.settings.delta)
+        record["privacy"]["epsilon"] = finite(epsilon([*steps, (z, self.sample_rate)], self.settings.delta))
         record["privacy"]["delta"] = self.settings.delta
         log.info(
-            "round %d: epsilon %.3f at delta %g spent so far (noise multiplier %.3f, sample rate %.3g)",
+            "round %d: epsilon %s at delta %g spent so far (noise multiplier %.3f, sample rate %.3g)",
             record["round"],
-            record["privacy"]["epsilon"],
+            "unbounded (no noise)" if record["privacy"]["epsilon"] is None else f"{record['privacy']['epsilon']:.3f}",
             self.settings.delta,
             z,
             self.sample_rate,
@@ -238,7 +249,7 @@ class Privacy:
         steps = [(r["privacy"]["noise_multiplier"], r["privacy"]["sample_rate"]) for r in history if "privacy" in r]
         return {
             **found,
-            "epsilon": epsilon(steps, s.delta),
+            "epsilon": finite(epsilon(steps, s.delta)),
             "delta": s.delta,
             "noise_multiplier": self.noise_multiplier,
             "target_epsilon": s.target_epsilon,
