@@ -115,6 +115,41 @@ class ServeConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy and secure aggregation of a federation (``federated.privacy``, docs/federated.md)."""
+
+    #: ``none``, ``server_fixed``, ``server_adaptive``, ``client_fixed`` or ``client_adaptive`` (Flower's DP
+    #: wrappers; client-side clipping runs as Flower client mods).
+    dp: str = "none"
+    #: The Gaussian noise's standard deviation over the clipping norm (z); ignored when ``target_epsilon`` is set.
+    noise_multiplier: float = 1.0
+    #: The L2 bound on every client's update (fixed clipping).
+    clipping_norm: float = 1.0
+    #: Adaptive clipping (Andrew et al. 2021): the first norm, the quantile of updates to clip, the norm's step size
+    #: and the noise on the clipped count (null: Flower's clients per round / 20).
+    initial_clipping_norm: float = 0.1
+    target_clipped_quantile: float = 0.5
+    clip_norm_lr: float = 0.2
+    clipped_count_stddev: Optional[float] = None
+    #: The delta that epsilon is reported at (RDP accountant, user-level).
+    delta: float = 1e-5
+    #: When set, the noise multiplier that reaches this epsilon over ``federated.rounds`` at ``delta``.
+    target_epsilon: Optional[float] = None
+    #: Secure aggregation (Flower's SecAgg+): the server sees only the sum of the sampled clients' updates.
+    secagg: bool = False
+    #: SecAgg+: shares of each client's secret (a fraction of the clients per round, or a count) and the fraction of
+    #: them needed to reconstruct it; values are clipped to +-clipping_range and quantised to quantization_range
+    #: levels; max_weight bounds a client's weight (null: the most examples a client has; 1 with DP's equal
+    #: weights).
+    secagg_num_shares: float = 1.0
+    secagg_reconstruction_threshold: float = 0.7
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 4194304
+    secagg_modulus_range: int = 4294967296
+    secagg_max_weight: Optional[float] = None
+
+
+@dataclass
 class FederatedConfig:
     """A federated stage (selected by ``aggregator=NAME``): its clients, rounds and faults (docs/federated.md)."""
 
@@ -139,6 +174,7 @@ class FederatedConfig:
     attack: str = "none"
     #: The fraction of the clients that attack (seeded by trainer.seed; at least one when positive).
     attackers: float = 0.0
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 @dataclass

@@ -57,6 +57,12 @@ class Federation:
     timeout: float = 3600.0
     train_config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    #: How a round's train messages become replies, ``exchange(round, messages, grid) -> (replies, bytes
+    #: received)``; None: one ``grid.send_and_receive`` (secure aggregation runs its protocol here).
+    exchange: Callable | None = None
+    #: Called with each round's record and the rounds before it, before ``round_end``, to add to the record (the
+    #: privacy accountant adds epsilon).
+    account: Callable[[dict, list[dict]], None] | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -85,7 +91,11 @@ class Federation:
             self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(self.train_config)), self.grid)
         )
         sent = sum(record_bytes(m.content.array_records["arrays"]) for m in messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        received = None
+        if self.exchange is None:
+            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        else:
+            replies, received = self.exchange(server_round, messages, self.grid)
         answered, lost = [], []
         shapes = {name: tuple(tensor.shape) for name, tensor in self.initial.items()}
         for reply in replies:
@@ -109,8 +119,8 @@ class Federation:
                 f"federated.min_clients={self.min_clients} ({lost[0] if lost else 'no replies'}); lower "
                 "federated.min_clients or fix the failing clients, then rerun with resume=true"
             )
-        # counted before aggregating: FedMedian and FedTrimmedAvg pop the arrays out of the replies
-        received = sum(record_bytes(m.content.array_records["arrays"]) for m in answered)
+        if received is None:  # counted before aggregating: FedMedian and FedTrimmedAvg pop the arrays out
+            received = sum(record_bytes(m.content.array_records["arrays"]) for m in answered)
         aggregated, train_metrics = self.strategy.aggregate_train(server_round, answered)
         if aggregated is None:
             raise FederationError(f"round {server_round}: the aggregator returned no model")
@@ -127,6 +137,8 @@ class Federation:
             "validation": validation,
             "seconds": time.perf_counter() - started,
         }
+        if self.account is not None:
+            self.account(record, self.history)
         self.history.append(record)
         self.round_end(record)
         self._checkpoint(server_round, aggregated)

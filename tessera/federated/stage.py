@@ -4,7 +4,8 @@ global model evaluated on test, compressed and exported like any trained model.
 
 ``metrics.json`` gets ``federated``: the partition (examples and labels per client), the aggregator and one record
 per round (clients sampled, answered and lost, bytes sent and received, the aggregated training metrics, the
-validation metrics and the seconds).
+validation metrics and the seconds) and ``privacy`` (``federated.privacy``: the DP mode, secure aggregation, and
+epsilon at delta, also in each round's record: :mod:`tessera.federated.privacy`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def validate_federation(aggregator, composition) -> None:
             "add clients or choose another aggregator"
         )
     validate_attack(cfg)
+    validate_privacy(aggregator, cfg)
     for compressor in composition.selected("compress"):
         if any(hasattr(compressor, hook) for hook in ("tessera_before_optimizer_step", "tessera_step_end")):
             raise IncompatibleError(
@@ -84,6 +86,7 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     from tessera.core.trainer import config_fingerprint
     from tessera.federated.client import client_app, load_trainable, trainable_state
     from tessera.federated.grid import InProcessGrid
+    from tessera.federated.privacy import Privacy
     from tessera.federated.rounds import Federation
 
     cfg, federated = run.cfg, run.cfg.federated
@@ -91,9 +94,10 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     model, tokenizer = built.model, built.tokenizer
     local, shares = local_training(run, built)
     aggregator = run.composition.selected("aggregator")[0]
-    strategy = aggregator.strategy(context(run, local))
+    privacy = Privacy(cfg)
+    strategy = privacy.wrap(aggregator.strategy(context(run, local)), per_round(cfg))
     grid = run.state.get(GRID_KEY) or InProcessGrid(
-        client_app(lambda _: local), federated.clients, {}, federated.dropout, cfg.trainer.seed
+        client_app(lambda _: local, privacy.client_mods()), federated.clients, {}, federated.dropout, cfg.trainer.seed
     )
     initial = trainable_state(model)
 
@@ -127,6 +131,8 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
         config_fingerprint(cfg),
         seed=cfg.trainer.seed,
         timeout=federated.timeout,
+        exchange=privacy.exchange(max(len(share) for share in shares), federated.timeout),
+        account=privacy.account,
     )
     run.total_steps = federated.rounds  # the progress of a federation is counted in rounds
     run.events.run_start()
@@ -145,8 +151,28 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
         "attackers": local.attackers,
         "trainable_parameters": sum(t.numel() for t in initial.values()),
         "rounds": federation.history,
+        "privacy": privacy.summary(federation.history),
     }
     return metrics, {**record, "federated": summary}
+
+
+def validate_privacy(aggregator, cfg) -> None:
+    """Refuse ``federated.privacy`` settings that cannot run (:func:`tessera.federated.privacy.validate`), and
+    secure aggregation with an aggregator that needs the individual updates."""
+    from tessera.federated.privacy import validate
+
+    validate(cfg)
+    privacy = cfg.federated.privacy
+    if privacy.dp != "none" and not aggregator.sum_only:
+        raise IncompatibleError(
+            f"{aggregator.label} and federated.privacy.dp={privacy.dp} cannot be combined: the noise and the "
+            f"accountant assume an average of clipped updates (sensitivity C/n), {aggregator.name}'s aggregate is not one"
+        )
+    if privacy.secagg and not aggregator.sum_only:
+        raise IncompatibleError(
+            f"{aggregator.label} and federated.privacy.secagg=true cannot be combined: {aggregator.name} needs every "
+            "client's update, secure aggregation reveals only their sum"
+        )
 
 
 def local_training(run: Run, built):
