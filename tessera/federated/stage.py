@@ -144,9 +144,10 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     return metrics, {**record, "federated": summary}
 
 
-def local_training(run: Run, built):
+def local_training(run: Run, built, only: int | None = None):
     """The clients' :class:`~tessera.federated.client.LocalTraining` of a built stage, and each client's indices
-    into the training split (``federated.partition``, seeded by ``trainer.seed``)."""
+    into the training split (``federated.partition``, seeded by ``trainer.seed``). ``only``: build the training
+    items of that partition alone (a SuperNode's client; the others are left empty)."""
     from tessera.federated.client import LocalTraining
 
     cfg, federated = run.cfg, run.cfg.federated
@@ -154,7 +155,9 @@ def local_training(run: Run, built):
     builder = run.composition.item_builder
     partitions = [
         builder.items([built.train[i] for i in share], built.tokenizer, cfg.data.max_length, cfg.trainer.seed)
-        for share in shares
+        if only is None or position == only
+        else []
+        for position, share in enumerate(shares)
     ]
     return LocalTraining(run, built.model, built.tokenizer, partitions), shares
 
