@@ -71,9 +71,12 @@ def ended(error: BaseException, directory: Path) -> tuple[str, dict]:
     """How a stage or job in ``directory`` ended on ``error``, as ``(status, details)``: ``failed`` with the error
     in one line, or ``interrupted`` (Ctrl-C or SIGTERM) with what ``resume=true`` will do."""
     if isinstance(error, KeyboardInterrupt):
-        from tessera.core.checkpoints import complete
+        from tessera.core.checkpoints import complete, is_complete
 
-        found = complete(directory / "checkpoints")
+        rounds = directory / "rounds"  # a federated stage's round checkpoints
+        found = complete(directory / "checkpoints") or sorted(
+            p for p in (rounds.glob("round-*") if rounds.is_dir() else []) if is_complete(p)
+        )
         where = f"its last checkpoint, {found[-1].name}" if found else "the start (no checkpoint was written)"
         return "interrupted", {"resume": f"rerun the same command with resume=true: it continues from {where}"}
     message = str(error).strip().splitlines()

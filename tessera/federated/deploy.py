@@ -210,11 +210,9 @@ class Process:
     def exited(self) -> int | None:
         return self.popen.poll()
 
-    def last_line(self) -> str:
-        """The last line of the process's log that says something (its error, usually)."""
-        lines = [line.strip() for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
-        errors = [line for line in lines if re.search(r"error|exception|refused|failed", line, re.IGNORECASE)]
-        return (errors or lines or ["no output"])[-1][:300]
+    def last_error(self) -> str | None:
+        """The last line of the process's log that reports an error, without colour codes (None: none does)."""
+        return last_error(self.log.read_text(errors="replace").splitlines())
 
     def stop(self) -> None:
         """SIGTERM to the process group (the process and what it started), SIGKILL after :data:`STOP_TIMEOUT`."""
@@ -226,6 +224,26 @@ class Process:
                 pass
         _signal_group(self.popen.pid, signal.SIGKILL)  # children left in the group (a ServerApp, a ClientApp)
         self.popen.wait()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def last_error(lines: list[str]) -> str | None:
+    """The last of ``lines`` that reports an error (colour codes removed, at most 300 characters), or None."""
+    found = [_ANSI.sub("", line).strip() for line in lines]
+    errors = [line for line in found if re.search(r"error|exception|refused|failed|traceback", line, re.IGNORECASE)]
+    return errors[-1][:300] if errors else None
+
+
+def exit_status(code: int) -> str:
+    """A process's exit status in words."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -270,7 +288,7 @@ class LocalDeployment:
                 if time.monotonic() > deadline:
                     raise DeploymentError(
                         f"the local SuperLink did not open its Control API at {address} within {timeout:g} s "
-                        f"({self.superlink.last_line()})"
+                        f"({self.superlink.last_error() or 'no error in its log'})"
                     ) from None
         for partition, port in enumerate(clientappio):
             self.nodes.append(
@@ -298,9 +316,10 @@ class LocalDeployment:
         for process in self.processes():
             code = process.exited()
             if code is not None:
+                said = process.last_error()
                 raise DeploymentError(
-                    f"the {process.name} exited with status {code} ({process.last_line()}): the federation was "
-                    "stopped; see its log in the run's flower/ directory"
+                    f"the {process.name} {exit_status(code)}{f' ({said})' if said else ''}: the federation was "
+                    "stopped; its log is in the run directory's flower/"
                 )
 
     def stop(self) -> None:
@@ -396,8 +415,9 @@ class FlowerRun:
             )
 
     def last_error(self) -> str:
-        errors = [line.strip() for line in self.lines if re.search(r"error|exception|failed", line, re.IGNORECASE)]
-        return (errors or [line.strip() for line in self.lines if line.strip()] or ["no output"])[-1][:300]
+        """The last error ``flwr run`` printed (or its last line)."""
+        lines = [_ANSI.sub("", line).strip() for line in self.lines if line.strip()]
+        return last_error(self.lines) or (lines[-1][:300] if lines else "flwr run printed nothing")
 
 
 # --- the verb --------------------------------------------------------------------------------------------------
