@@ -85,12 +85,12 @@ def test_builtin_techniques_are_in_the_config_reference(family, name):
     assert f"| `{name}` |" in section, f"docs/config.md has no row for {family}={name} under its family"
 
 
-def documented_event_order() -> re.Pattern:
-    """The hook reference's block of events in order, as a regular expression over space-separated event names
-    (``per ...:`` repeats what it holds, on its own line or indented below it; ``if ...:`` makes what follows it on
-    its line optional)."""
+def documented_event_order(intro: str = "In one run, the events come in this order") -> re.Pattern:
+    """The hook reference's block of events in order (the first block after ``intro``), as a regular expression
+    over space-separated event names (``per ...:`` repeats what it holds, on its own line or indented below it;
+    ``if ...:`` makes what follows it on its line optional)."""
     text = (DOCS / "plugins.md").read_text(encoding="utf-8")
-    block = text.split("In one run, the events come in this order", 1)[1].split("```", 2)[1].strip("\n")
+    block = text.split(intro, 1)[1].split("```", 2)[1].strip("\n")
     lines = [(len(line) - len(line.lstrip()), line.strip()) for line in block.splitlines() if line.strip()]
 
     def parse(start: int, indent: int) -> tuple[str, int]:
@@ -117,7 +117,8 @@ def documented_event_order() -> re.Pattern:
     return re.compile(pattern)
 
 
-def test_a_real_run_fires_the_events_in_the_documented_order(tmp_path):
+def record_events(tmp_path, overrides: list[str]) -> list[str]:
+    """The lifecycle events of a real run of ``overrides``, in the order they fired."""
     from tessera import hookimpl
     from tessera.core.cli import compose_config
     from tessera.core.pipeline import execute, prepare
@@ -146,6 +147,10 @@ def test_a_real_run_fires_the_events_in_the_documented_order(tmp_path):
             events.append(f"tessera_evaluation({split})")
 
         @hookimpl
+        def tessera_federated_round_end(self):
+            events.append("tessera_federated_round_end")
+
+        @hookimpl
         def tessera_export(self):
             events.append("tessera_export")
 
@@ -156,15 +161,27 @@ def test_a_real_run_fires_the_events_in_the_documented_order(tmp_path):
     lifecycle = {name for name in hookspec_signatures(hookspecs) if "(run" in hookspec_signatures(hookspecs)[name]}
     recorded = {name for name in dir(Recorder) if name.startswith("tessera_")}
     assert recorded == lifecycle, "the recorder must listen to every lifecycle event"
-    cfg = compose_config(
-        ["experiment=smoke", "data.limit_train=48", "trainer.epochs=2", "compress=magnitude_prune"], plugins()
-    )
+    cfg = compose_config(overrides, plugins())
     run, splits = prepare(cfg, tmp_path / "run", plugins())
     run.composition.plugins.manager.register(Recorder())
     execute(run, splits)
+    return events
+
+
+def test_a_real_run_fires_the_events_in_the_documented_order(tmp_path):
+    overrides = ["experiment=smoke", "data.limit_train=48", "trainer.epochs=2", "compress=magnitude_prune"]
+    events = record_events(tmp_path, overrides)
     assert events.count("tessera_epoch_end") == 2 and events.count("tessera_step_end") == 6
     assert "tessera_evaluation(compressed)" in events
     order = documented_event_order()
+    assert order.fullmatch("".join(event + " " for event in events)), events
+
+
+def test_a_real_federated_run_fires_the_events_in_the_documented_order(tmp_path):
+    overrides = ["experiment=smoke", "data.limit_train=48", "aggregator=fedavg", "federated.clients=3"]
+    events = record_events(tmp_path, [*overrides, "federated.rounds=2", "compress=magnitude_prune"])
+    assert events.count("tessera_federated_round_end") == 2 and "tessera_step_end" not in events
+    order = documented_event_order("In a federated stage (`aggregator=...`), the clients' local rounds fire")
     assert order.fullmatch("".join(event + " " for event in events)), events
 
 

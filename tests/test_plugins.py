@@ -107,31 +107,27 @@ def test_a_block_list_naming_no_installed_plugin_warns():
     assert "warning: TESSERA_PLUGINS_BLOCK names 'tessera.consle'" in human.stderr
 
 
-AGGREGATOR_PLUGIN = """
-from tessera import hookimpl
-from tessera.core.techniques import Aggregator
+def test_the_documented_aggregator_plugin_runs_a_federation(tmp_path):
+    from test_docs import DOCS, python_block
 
-class Median(Aggregator):
-    name = "median"
-    def aggregate(self, global_state, updates, round_number):
-        raise AssertionError("no engine calls an aggregator yet")
-
-@hookimpl
-def tessera_aggregators():
-    return [Median]
-"""
-
-
-def test_a_technique_of_a_family_without_an_engine_is_refused_in_one_line(tmp_path):
-    make_plugin(tmp_path, "robust", AGGREGATOR_PLUGIN)
+    source = python_block((DOCS / "federated.md").read_text(encoding="utf-8"), "## Writing an aggregator")
+    make_plugin(tmp_path, "fair", source)
     env = {"PYTHONPATH": str(tmp_path)}
-    assert "median" in plugins_json(env)["techniques"]["aggregator"]
-    result = tessera("train", "experiment=smoke", "aggregator=median", f"hydra.run.dir={tmp_path}/run", env=env)
-    assert result.returncode == 2 and not (tmp_path / "run").exists()
-    assert result.stderr.strip().splitlines() == [
-        "error: aggregator=median cannot run: tessera has no engine for the aggregator family yet, so nothing would "
-        "call it; remove it (aggregator=none)"
-    ]
+    assert "unweighted" in plugins_json(env)["techniques"]["aggregator"]
+    run_dir = tmp_path / "run"
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        "aggregator=unweighted",
+        "federated.clients=3",
+        "federated.rounds=1",
+        "federated.local_steps=2",
+        f"hydra.run.dir={run_dir}",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    federated = json.loads((run_dir / "metrics.json").read_text())["federated"]
+    assert federated["aggregator"] == "unweighted" and federated["rounds"][0]["answered"] == 3
 
 
 def test_a_second_plugin_cannot_take_a_registered_name(tmp_path):

@@ -49,6 +49,10 @@ def prepare(
     composition = compose(cfg, plugins, earlier_stages, earlier_bases)
     check_trainer(cfg.trainer)
     splits = load_splits(cfg.data, labelled=composition.needs_labels)
+    if composition.selected("aggregator"):
+        from tessera.federated.partition import check_clients
+
+        check_clients(cfg.federated.clients, len(splits.train))
     if check_model:
         pretrained_path(cfg.model)
     run = Run(composition, run_dir)

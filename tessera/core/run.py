@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tessera.core.errors import ConfigError, IncompatibleError
 from tessera.core.plugins import Plugins
 from tessera.core.registry import Registry
-from tessera.core.techniques import CONFIG_FAMILIES, FAMILIES, Technique
+from tessera.core.techniques import CONFIG_FAMILIES, Technique
 
 
 @dataclass

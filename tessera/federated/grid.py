@@ -77,8 +77,11 @@ class InProcessGrid(Grid):
         if not self.dropout or not messages:
             return set()
         config = messages[0].content.config_records.get("config")
-        rng = random.Random(self.seed * 7919 + int(config.get("server-round", 0) if config else 0))
-        return {message.metadata.dst_node_id for message in messages if rng.random() < self.dropout}
+        server_round = int(config.get("server-round", 0)) if config else 0
+        nodes = {message.metadata.dst_node_id for message in messages}
+        return {
+            n for n in nodes if random.Random((self.seed * 10_007 + server_round) * 10_007 + n).random() < self.dropout
+        }
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(message_id) for message_id in message_ids if message_id in self._replies]

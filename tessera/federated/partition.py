@@ -19,13 +19,7 @@ def partition(examples: list[dict], clients: int, kind: str, alpha: float, seed:
 
     if kind not in PARTITIONS:
         raise ConfigError(f"federated.partition={kind} is not one of {', '.join(PARTITIONS)}")
-    if clients < 1:
-        raise ConfigError(f"federated.clients={clients} must be at least 1")
-    if clients > len(examples):
-        raise ConfigError(
-            f"federated.clients={clients} is more than the {len(examples)} training examples: every client needs at "
-            "least one; use fewer clients or more data"
-        )
+    check_clients(clients, len(examples))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(examples))
     if kind == "iid":
@@ -45,6 +39,17 @@ def partition(examples: list[dict], clients: int, kind: str, alpha: float, seed:
                 shares[client].extend(part.tolist())
         _fill_empty(shares, rng)
     return [sorted(int(index) for index in share) for share in shares]
+
+
+def check_clients(clients: int, examples: int) -> None:
+    """Refuse fewer than one client, or more clients than training examples."""
+    if clients < 1:
+        raise ConfigError(f"federated.clients={clients} must be at least 1")
+    if clients > examples:
+        raise ConfigError(
+            f"federated.clients={clients} is more than the {examples} training examples: every client needs at "
+            "least one; use fewer clients or more data"
+        )
 
 
 def _fill_empty(shares: list[list[int]], rng) -> None:
