@@ -247,6 +247,10 @@ DELEGATED_COMMANDS = {
         "combine trained runs or models: ensemble METHOD DIR... [overrides]",
         "tessera.core.ensemble_cli:main",
     ),
+    "federate": (
+        "run a federated stage on a Flower deployment (local, or --superlink HOST:PORT) [overrides]",
+        "tessera.federated.deploy:main",
+    ),
     "assets": ("fetch / verify / list the offline assets", "tessera.core.assets:main"),
     "kg": ("knowledge graphs: info / load / query / embed", "tessera.graphs.cli:main"),
     "serve": ("serve a run's export through vLLM's OpenAI-compatible API", "tessera.serving.cli:serve"),

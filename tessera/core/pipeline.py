@@ -135,8 +135,9 @@ class Built:
     model: object
 
 
-def build(run: Run, splits: Splits, timings: dict) -> Built:
-    """The phases before training: augment, kg enrichment, then the model (``timings`` gets each phase's time)."""
+def build(run: Run, splits: Splits, timings: dict, evaluation: bool = True) -> Built:
+    """The phases before training: augment, kg enrichment, then the model (``timings`` gets each phase's time).
+    ``evaluation=False`` (a federated client, which only trains) leaves validation and test as they were loaded."""
     from tessera.core.adapting import apply_adapters
     from tessera.core.max_length import resolve_max_length
     from tessera.core.models import load_model, load_tokenizer
@@ -150,7 +151,9 @@ def build(run: Run, splits: Splits, timings: dict) -> Built:
             train = augmenter.augment(train, cfg.trainer.seed)
     with phase("kg", timings):
         for retriever in run.composition.selected("kg"):
-            train, validation, test = (retriever.enrich(split, run) for split in (train, validation, test))
+            train = retriever.enrich(train, run)
+            if evaluation:
+                validation, test = (retriever.enrich(split, run) for split in (validation, test))
     with phase("model", timings):
         tokenizer = load_tokenizer(cfg.model)
         items = run.composition.item_builder.items(train, tokenizer, cfg.data.max_length, cfg.trainer.seed)

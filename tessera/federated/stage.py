@@ -175,11 +175,12 @@ def validate_privacy(aggregator, cfg) -> None:
         )
 
 
-def local_training(run: Run, built):
+def local_training(run: Run, built, only: int | None = None):
     """The clients' :class:`~tessera.federated.client.LocalTraining` of a built stage, and each client's indices
     into the training split (``federated.partition``, seeded by ``trainer.seed``). An aggregator with a root set
     (``root_examples()``: FLTrust) gets a seeded sample of the training split kept out of the clients' partitions,
-    as the extra partition ``federated.clients``. The attackers of ``federated.attack`` are installed."""
+    as the extra partition ``federated.clients``. The attackers of ``federated.attack`` are installed. ``only``:
+    build the training items of that partition alone (a SuperNode's client; the others are left empty)."""
     import random
 
     from tessera.federated import attacks
@@ -203,7 +204,9 @@ def local_training(run: Run, built):
     builder = run.composition.item_builder
     partitions = [
         builder.items([built.train[i] for i in share], built.tokenizer, cfg.data.max_length, cfg.trainer.seed)
-        for share in shares + ([root] if root else [])
+        if only is None or position == only
+        else []
+        for position, share in enumerate(shares + ([root] if root else []))
     ]
     local = LocalTraining(run, built.model, built.tokenizer, partitions)
     attacks.install(local)
