@@ -88,6 +88,15 @@ def resolve_device(trainer_cfg) -> tuple[str, str]:
 SCHEDULERS = ("linear", "cosine", "constant")
 
 
+def _release_other_precision(mixed_precision: str) -> None:
+    """Forget accelerate's process-wide state when an earlier run of this process chose another mixed precision
+    (accelerate refuses to change it otherwise: several runs in one process, as tests and sweeps do)."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state()
+
+
 def check_trainer(trainer_cfg) -> None:
     """Refuse trainer settings that cannot work, before any heavy work (device, precision, schedule, sizes)."""
     resolve_device(trainer_cfg)
@@ -177,6 +186,7 @@ class Trainer:
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         device, mixed_precision = resolve_device(self.cfg)
+        _release_other_precision(mixed_precision)
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
