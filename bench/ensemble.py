@@ -60,26 +60,29 @@ def log(message: str) -> None:
 def tessera(verb: str, run_dir: Path, arguments: list[str]) -> tuple[Path, str | None]:
     """Run ``tessera VERB ARGUMENTS hydra.run.dir=RUN_DIR`` unless a complete run is there; return the run
     directory and None, or the error line of a refusal (exit status 2)."""
+    command = [sys.executable, "-m", "tessera", verb, *arguments, f"hydra.run.dir={run_dir}"]
+    return run_or_reuse(run_dir, command, f"tessera {verb} {' '.join(arguments)}")
+
+
+def run_or_reuse(run_dir: Path, command: list[str], what: str) -> tuple[Path, str | None]:
+    """Run ``command`` (which writes the tessera run ``run_dir``) unless a complete run is there; return the run
+    directory and None, or the error line of a refusal (exit status 2)."""
     status = run_dir / "run.json"
     if status.is_file() and json.loads(status.read_text()).get("status") == "complete":
         log(f"reusing {run_dir}")
         return run_dir, None
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    log(f"tessera {verb} {' '.join(arguments)}")
+    log(what)
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "tessera", verb, *arguments, f"hydra.run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        cwd=REPO,
+        command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO
     )
     if result.returncode == 2:
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         return run_dir, errors[-1] if errors else result.stderr.strip().splitlines()[-1]
     if result.returncode != 0:
-        raise SystemExit(f"tessera {verb} {' '.join(arguments)} failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{result.stderr[-3000:]}")
     log(f"  done in {time.perf_counter() - started:.0f} s")
     return run_dir, None
 

@@ -12,9 +12,14 @@ split (accuracy and macro-F1 from its ``metrics.json``):
   ``fedavg`` while ``fedavg`` drops.
 - **privacy**: DP-FedAvg (server-side fixed clipping) at a target epsilon of about 8 and about 2 (delta 1e-5):
   accuracy and the accountant's epsilon (reported).
-- **round time**: the median seconds of a round of tessera's in-process engine against Flower's simulation
-  engine (ray) running the same ServerApp and ClientApp (``--simulation PYTHON``: a Python with
-  ``flwr[simulation]``, a bench extra; without it the JSON says why it was not run). Goal: at least 5x faster.
+- **round time**: tessera's in-process engine against Flower's own simulation engine (ray,
+  ``bench/flower_simulation.py``: ``flwr.simulation.run_simulation`` on tessera's ServerApp and ClientApp, the
+  ones ``tessera federate`` deploys; ray comes with ``flwr[simulation]``, the ``bench`` extra; without it the JSON
+  says why it was not run), ``--ray-cpus`` ClientApp actors of one CPU each. Two workloads: the IID federation
+  above (``fedavg_iid``: local training dominates a round) and the engine's own cost (``engine``: the tiny
+  random-weight model, one local step per client, ``--clients`` clients, 5 rounds). Reported per workload: the
+  first round (ray's actors build their clients' models in it; in process the clients share the stage's model,
+  built before round 1), the median of the later rounds, and the run's seconds. Goal: at least 5x faster.
 
 A system whose technique is not registered (or that tessera refuses) is reported with its one-line reason.
 
@@ -34,9 +39,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ensemble import tessera  # noqa: E402  (the same run-or-reuse runner)
+from ensemble import run_or_reuse, tessera  # noqa: E402  (the same run-or-reuse runner)
 
 ROBUST = ("krum", "trimmed_mean", "median", "fltrust")
+#: The round-time workload where the engine's own cost dominates: one local step of the tiny model per client.
+ENGINE = [
+    "experiment=smoke",
+    "aggregator=fedavg",
+    "federated.rounds=5",
+    "federated.local_steps=1",
+    "data.limit_eval=32",
+]
 
 
 def systems(args) -> dict[str, list[str]]:
@@ -81,6 +94,51 @@ def measured(run_dir: Path) -> dict:
     return found
 
 
+def round_times(run_dir: Path) -> dict:
+    """A federated run's first round, the median of its later rounds, and its total seconds."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    seconds = [r["seconds"] for r in metrics["federated"]["rounds"]]
+    return {
+        "first_round_seconds": round(seconds[0], 3),
+        "later_rounds_median_seconds": round(statistics.median(seconds[1:] or seconds), 3),
+        "run_seconds": round(metrics["seconds"]["total"], 1),
+    }
+
+
+def flower_simulation(run_dir: Path, cpus: int, overrides: list[str]) -> tuple[Path, str | None]:
+    """Flower's simulation engine (ray) on tessera's apps, run or reused like a tessera run."""
+    command = [sys.executable, str(Path(__file__).with_name("flower_simulation.py")), str(run_dir), str(cpus)]
+    return run_or_reuse(run_dir, [*command, *overrides], f"flower simulation (ray, {cpus} CPUs) {' '.join(overrides)}")
+
+
+def round_time(args, common: list[str], suffix: str, federations: dict[str, list[str]]) -> dict:
+    """tessera's in-process engine against Flower's simulation engine on each workload of ``federations``."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return {"not_run": "ray is not installed: pip install 'flwr[simulation]==1.32.1' (the bench extra)"}
+    threads = [f"trainer.num_threads={max(1, args.threads // args.ray_cpus)}"]
+    found = {}
+    for name, overrides in federations.items():
+        in_process, error = tessera("train", args.work / f"{name}{suffix}", [*overrides, *common])
+        simulated, refused = flower_simulation(
+            args.work / f"ray_{name}{suffix}", args.ray_cpus, [*overrides, *common[1:], *threads]
+        )
+        if error or refused:
+            found[name] = {"refused": error or refused}
+            continue
+        tessera_times, ray_times = round_times(in_process), round_times(simulated)
+        found[name] = {
+            "tessera_in_process": tessera_times,
+            "flower_simulation_ray": ray_times,
+            "ray_over_tessera": {
+                key: round(ray_times[key] / tessera_times[key], 2)
+                for key in ("first_round_seconds", "later_rounds_median_seconds", "run_seconds")
+            },
+        }
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tessera-bench-federated")
@@ -92,7 +150,8 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, help="train on the first N sentences (a quick check)")
     parser.add_argument("--limit-eval", type=int, help="evaluate on the first N of each split (a quick check)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
-    parser.add_argument("--only", nargs="*", help="run only these systems")
+    parser.add_argument("--ray-cpus", type=int, default=1, help="CPUs of Flower's ray simulation (1 actor each)")
+    parser.add_argument("--only", nargs="*", help="run only these systems (and round_time)")
     args = parser.parse_args()
 
     common = [f"trainer.num_threads={args.threads}"]
@@ -109,6 +168,17 @@ def main() -> None:
         else:
             results[name] = measured(run_dir)
 
+    timed = (
+        {}
+        if args.only and "round_time" not in args.only
+        else round_time(
+            args,
+            common,
+            suffix,
+            {"fedavg_iid": systems(args)["fedavg_iid"], "engine": [*ENGINE, f"federated.clients={args.clients}"]},
+        )
+    )
+
     def accuracy(name):
         return results[name]["accuracy"] if name in results else None
 
@@ -123,12 +193,23 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "only")},
         "systems": results,
         "refused": refused,
+        "round_time": timed,
         "goals": {
             "fedavg_iid_minus_centralised_points": iid_gap,
             "fedavg_iid_within_2_points": None if iid_gap is None else iid_gap >= -2,
             "sign_flip_minus_attack_free_points": attacked,
             "robust_within_2_points_of_attack_free": bool(robust) and min(robust) >= -2,
             "fedavg_drops_under_attack": None if attacked["fedavg"] is None else attacked["fedavg"] < -2,
+            "later_rounds_ray_over_tessera": {
+                k: w["ray_over_tessera"]["later_rounds_median_seconds"]
+                for k, w in timed.items()
+                if "ray_over_tessera" in w
+            },
+            "round_time_at_least_5x_faster": {
+                k: w["ray_over_tessera"]["later_rounds_median_seconds"] >= 5
+                for k, w in timed.items()
+                if "ray_over_tessera" in w
+            },
         },
     }
     print(json.dumps(report, indent=2))
