@@ -144,6 +144,25 @@ def test_bad_connection_options_are_one_line(arguments, message, capsys):
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["federated.dropout=0.2"], "federated.dropout=0.2 simulates faults on the in-process grid only"),
+        (
+            ["federated.attack=alie", "federated.attackers=0.4", "federated.clients=5"],
+            "federated.attack=alie computes its vector",
+        ),
+    ],
+)
+def test_what_only_the_in_process_grid_can_do_is_refused_on_a_deployment(overrides, message, capsys):
+    from tessera.core.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["federate", *SMALL, *overrides])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def context(node_config: dict) -> Context:
     return Context(1, 7, node_config, RecordDict(), {})
 

@@ -156,6 +156,22 @@ def test_the_client_mods_clip_before_sending(tmp_path):
     assert all(reply.content.metric_records["metrics"]["num-examples"] == 1 for reply in grid.seen)
 
 
+def test_the_deployed_client_app_takes_its_mods_from_the_run_config(tmp_path):
+    """On a Flower deployment the ClientApp's mod (``tessera.federated.app.config_mods``) applies the run config's
+    client-side clipping and equal weights, as the in-process grid's ClientApp does."""
+    from tessera.federated.app import CONFIG_KEY, config_mods
+
+    cfg = config(dp="client_fixed", noise_multiplier=0.0, clipping_norm=0.3)
+    grid = RecordingGrid(toy_app([config_mods], scale=1.0), 4, {CONFIG_KEY: OmegaConf.to_yaml(cfg)})
+    federate(tmp_path, Privacy(cfg).wrap(FedAvg(**OPTIONS), 4), None, grid=grid)
+    updates = [reply.content.array_records["arrays"].to_torch_state_dict() for reply in grid.seen]
+    assert len(updates) == 4 and all(norm(update) <= 0.3 + 1e-5 for update in updates)
+    assert all(reply.content.metric_records["metrics"]["num-examples"] == 1 for reply in grid.seen)
+    plain = RecordingGrid(toy_app([config_mods], scale=1.0), 4, {CONFIG_KEY: OmegaConf.to_yaml(config())})
+    federate(tmp_path / "plain", FedAvg(**OPTIONS), None, grid=plain)
+    assert all(norm(reply.content.array_records["arrays"].to_torch_state_dict()) > 1 for reply in plain.seen)
+
+
 @pytest.mark.parametrize("mode", ["server_adaptive", "client_adaptive"])
 def test_adaptive_clipping_moves_the_norm_towards_the_quantile(tmp_path, mode):
     """The toy updates have norm ~0.8: from 0.01 (every update clipped) the norm grows, from 100 (none) it

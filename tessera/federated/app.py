@@ -9,12 +9,14 @@ run directory gets the usual ``run.json``, ``metrics.json``, round checkpoints a
 ClientApp builds its :class:`~tessera.federated.client.LocalTraining` from the same config (its own copy of the
 data and model: ``data.path`` and ``asset:`` names resolve on the node's machine) and its node config's
 ``partition-id`` / ``num-partitions``; it builds only its own partition's training items, once per process and
-config.
+config. Its mod :func:`config_mods` applies the client mods of the run config's federation (SecAgg+, client-side
+clipping, DP's equal weights) as the in-process grid does.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import logging
 import shutil
@@ -152,4 +154,28 @@ def local_training(context: Context):
     return _BUILT[key]
 
 
-clientapp = client_app(local_training)
+#: The client mods of each run config this process served, by config hash.
+_MODS: dict[str, list] = {}
+
+
+def config_mods(message, context: Context, call_next):
+    """A Flower client mod: the client mods of the run config's federation
+    (:meth:`~tessera.federated.privacy.Privacy.client_mods`, outermost first) around ``call_next``; none without
+    privacy settings. Flower fixes a ClientApp's mods when it is made, before any run config is known."""
+    from tessera.federated.privacy import Privacy
+
+    text, _ = run_settings(context)
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key not in _MODS:
+        _MODS[key] = Privacy(load_config(text)).client_mods()
+    handler = call_next
+    for mod in reversed(_MODS[key]):
+        handler = functools.partial(_around, mod, handler)
+    return handler(message, context)
+
+
+def _around(mod, inner, message, context):
+    return mod(message, context, inner)
+
+
+clientapp = client_app(local_training, [config_mods])

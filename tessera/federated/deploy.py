@@ -445,6 +445,16 @@ def compose(overrides: list[str]):
         raise ConfigError("tessera federate runs one federated stage: this config has stages (choose one of them)")
     if not cfg.aggregator:
         raise ConfigError("tessera federate needs an aggregator: add aggregator=fedavg (or another aggregator)")
+    if cfg.federated.dropout:
+        raise ConfigError(
+            f"federated.dropout={cfg.federated.dropout} simulates faults on the in-process grid only: on a deployment "
+            "the faults are real; drop it (federated.min_clients says how many replies a round needs)"
+        )
+    if cfg.federated.attack == "alie":
+        raise ConfigError(
+            "federated.attack=alie computes its vector from every attacker's partition, which only the in-process "
+            "grid holds: run it with tessera train, or choose sign_flip, gaussian or label_flip"
+        )
     now = datetime.now()
     run_dir = given[-1].split("=", 1)[1] if given else f"outputs/{now:%Y-%m-%d}/{now:%H-%M-%S}"
     return cfg, run_dir
