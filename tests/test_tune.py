@@ -57,13 +57,14 @@ def states(study) -> list[str]:
 
 def test_a_study_writes_its_database_report_plots_and_the_best_command(tmp_path):
     directory = tmp_path / "study"
-    code, out, err = tune(*TINY, SPACE, "tune.trials=3", "tune.pruner=none", "tune.seed=0", f"tune.dir={directory}")
+    args = [*TINY, "trainer.epochs=1", SPACE, "tune.trials=3", "tune.pruner=none", "tune.seed=0"]
+    code, out, err = tune(*args, f"tune.dir={directory}")
     assert code == 0, err[-3000:]
     study = study_of(directory)
     assert states(study) == ["COMPLETE"] * 3
     best = study.best_trial
     command = next(line for line in out.splitlines() if line.startswith("tessera train "))
-    assert command.split()[2:] == [*TINY, *best.user_attrs["overrides"]]
+    assert command.split()[2:] == [*TINY, "trainer.epochs=1", *best.user_attrs["overrides"]]
     assert f"trainer.learning_rate={best.params['trainer.learning_rate']!r}" in command
     for number in range(3):
         run = directory / "trials" / str(number)
@@ -131,7 +132,7 @@ def _wait_running(run_dir: Path, process: subprocess.Popen) -> None:
         time.sleep(0.2)
 
 
-def test_a_killed_study_continues_where_it_stopped(tmp_path):
+def test_a_killed_study_continues_where_it_stopped(tmp_path, caplog):
     directory = tmp_path / "study"
     args = [*TINY, "trainer.epochs=1", SPACE, "tune.pruner=none", f"tune.dir={directory}"]
     killed = _tune_process(*args, "tune.trials=2")
@@ -142,12 +143,16 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path):
     code, out, err = tune(*args, "tune.trials=3")
     assert code == 0, err[-3000:]
     assert states(study_of(directory)) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert "marked failed the trials left running by a killed tessera tune: 1" in err
+    assert "marked failed the trials left running by a killed tessera tune: 1" in caplog.text
 
 
 def test_two_worker_processes_share_one_study(tmp_path):
     directory = tmp_path / "study"
     args = [*TINY, "trainer.epochs=1", SPACE, "tune.pruner=none", "tune.trials=3", f"tune.dir={directory}"]
+    from conftest import plugins
+    from tessera.tune.cli import check
+
+    check(args, plugins())  # this process composes and validates as fast as a warm worker: no head start for the other
     other = _tune_process(*args)
     _wait_running(directory / "trials" / "0", other)
     code, out, err = tune(*args)
