@@ -205,3 +205,22 @@ def test_a_study_refuses_a_changed_search_space(tmp_path):
     code, out, err = tune(*TINY, f"tune.dir={directory}", SPACE.replace("adapter.lora.r:[4,8]", "adapter.lora.r:[4]"))
     assert code == 2 and "changed: adapter.lora.r, trainer.learning_rate" in err
     assert not (directory / "trials").exists()
+
+
+def test_the_space_reads_the_same_flat_or_as_a_tree_and_spells_its_trials_as_overrides():
+    from tessera.tune.space import overrides, parse_space
+
+    flat = parse_space({"trainer.epochs": {"type": "int", "low": 1, "high": 4, "step": 1}, "data.name": ["a", "b c"]})
+    tree = parse_space(
+        {"trainer": {"epochs": {"type": "int", "low": 1, "high": 4, "step": 1}}, "data.name": ["a", "b c"]}
+    )
+    assert flat == tree
+    assert flat["trainer.epochs"].grid() == [1, 2, 3, 4]
+    assert parse_space({"trainer.learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3}})[
+        "trainer.learning_rate"
+    ].log
+    assert overrides({"trainer.epochs": 2, "data.name": "b c", "trainer.learning_rate": 1e-4}) == [
+        "trainer.epochs=2",
+        "data.name='b c'",
+        "trainer.learning_rate=0.0001",
+    ]

@@ -214,7 +214,7 @@ class TuneConfig:
     #: Parameter sets to try first (``[{trainer.learning_rate: 5e-4}]``), Optuna's ``enqueue_trial``.
     enqueue: list[Any] = field(default_factory=list)
     #: Train (and export) the best trial's composition again in ``<dir>/best/`` at the end, with
-    #: ``retrain_overrides`` on top (``[data.limit_train=null]``).
+    #: ``retrain_overrides`` on top (``["data.limit_train=null"]``).
     retrain: bool = False
     retrain_overrides: list[str] = field(default_factory=list)
 

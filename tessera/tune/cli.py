@@ -233,7 +233,8 @@ def main(argv: list[str]) -> int:
     if best is None:
         print(f"no trial completed yet; report: {study_dir / 'tune_report.md'}")
         return 1
-    print(f"best trial {best.number}: validation {cfg.tune.metric} {best.value:.4f} ({record['counts']})")
+    counts = ", ".join(f"{count} {state}" for state, count in sorted(record["counts"].items()))
+    print(f"best trial {best.number}: validation {cfg.tune.metric} {best.value:.4f} ({counts})")
     print(train_command(base, best))
     print(f"report: {study_dir / 'tune_report.md'}")
     if cfg.tune.retrain:

@@ -25,9 +25,9 @@ class Parameter:
 
     key: str
     type: str
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
     log: bool = False
     choices: tuple = ()
 
@@ -117,7 +117,9 @@ def _parameter(key: str, spec) -> Parameter:
         raise ConfigError(f"tune.space.{key}: a log-scaled range takes no step")
     if kind == "int" and not all(float(v).is_integer() for v in (low, high, step or 1)):
         raise ConfigError(f"tune.space.{key} has type int: low, high and step must be whole numbers")
-    return Parameter(key, "int" if kind == "int" else "float", float(low), float(high), step, log)
+    if kind == "int":
+        return Parameter(key, "int", int(low), int(high), None if step is None else int(step), log)
+    return Parameter(key, "float", float(low), float(high), step, log)
 
 
 def parse_space(space) -> dict[str, Parameter]:
