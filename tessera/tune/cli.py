@@ -154,15 +154,19 @@ def optimize(study, storage, cfg, runner) -> None:
     other workers are running) or ``tune.timeout`` passes."""
     from tessera.tune.study import counted, fail_orphaned_trials
 
-    failed = fail_orphaned_trials(study, storage)
-    if failed:
-        log.info("marked failed the trials left running by a killed tessera tune: %s", ", ".join(map(str, failed)))
+    def fail_orphans() -> None:
+        failed = fail_orphaned_trials(study, storage)
+        if failed:
+            log.info("marked failed the trials left running by a killed tessera tune: %s", ", ".join(map(str, failed)))
+
+    fail_orphans()
     remaining = cfg.tune.trials - counted(study)
     if remaining <= 0:
         log.info("study %s already has %d trials (tune.trials=%d)", study.study_name, counted(study), cfg.tune.trials)
         return
 
     def stop_when_counted(study, trial) -> None:
+        fail_orphans()  # a worker of this host that died meanwhile
         if counted(study) >= cfg.tune.trials:
             study.stop()
 
