@@ -65,6 +65,7 @@ def _validate_config(cfg, overrides: list[str], plugins) -> None:
 def check_values(cfg, parameters, overrides: list[str], plugins) -> None:
     """Set every choice and both ends of every range into a copy of ``cfg`` (type-checked by the schema) and
     validate that composition; a ``ConfigError`` naming the value that does not work."""
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -74,7 +75,7 @@ def check_values(cfg, parameters, overrides: list[str], plugins) -> None:
             try:
                 OmegaConf.update(changed, key, value, merge=False)
                 _validate_config(changed, overrides, plugins)
-            except OmegaConfBaseException as error:
+            except (HydraException, OmegaConfBaseException) as error:
                 reason = str(error).strip().splitlines()[0]
                 raise ConfigError(f"tune.space.{key}={value!r} does not work: {reason}") from None
             except TesseraError as error:
