@@ -218,12 +218,14 @@ def main(argv: list[str]) -> int:
             log.info("study %s in %s: %d of %d trials", study.study_name, url, len(study.trials), cfg.tune.trials)
             optimize(study, storage, cfg, runner)
             failed = [child.args for child in children if child.wait() != 0]
-        except KeyboardInterrupt:
-            for child in children:
+        except BaseException as error:
+            for child in children:  # the workers this process started stop with it
                 if child.poll() is None:
                     child.send_signal(signal.SIGTERM)
             for child in children:
                 child.wait()
+            if not isinstance(error, KeyboardInterrupt):
+                raise
             print(
                 f"tessera tune: interrupted; rerun the same command to continue the study (its trials are in {url})",
                 file=sys.stderr,
@@ -232,7 +234,7 @@ def main(argv: list[str]) -> int:
     if worker:
         return 0
     if failed:
-        raise ConfigError(f"{len(failed)} tune worker(s) failed (their errors are above): the study is in {url}")
+        raise TesseraError(f"{len(failed)} tune worker(s) failed (their errors are above): the study is in {url}")
     record = write_report(study, url, base, study_dir, time.perf_counter() - started)
     best = best_trial(study)
     if best is None:
