@@ -251,6 +251,7 @@ DELEGATED_COMMANDS = {
         "run a federated stage on a Flower deployment (local, or --superlink HOST:PORT) [overrides]",
         "tessera.federated.deploy:main",
     ),
+    "tune": ("run or continue an Optuna study over tessera train runs (tune.space=...)", "tessera.tune.cli:main"),
     "assets": ("fetch / verify / list the offline assets", "tessera.core.assets:main"),
     "kg": ("knowledge graphs: info / load / query / embed", "tessera.graphs.cli:main"),
     "serve": ("serve a run's export through vLLM's OpenAI-compatible API", "tessera.serving.cli:serve"),

@@ -178,6 +178,48 @@ class FederatedConfig:
 
 
 @dataclass
+class TuneConfig:
+    """An Optuna study over ``tessera train`` runs (``tessera tune``, docs/tuning.md)."""
+
+    #: The search space: ``{dotted config key: a list of choices, or {type, low, high, step, choices}}`` with
+    #: ``type`` one of ``float``, ``int``, ``loguniform``, ``categorical``.
+    space: dict[str, Any] = field(default_factory=dict)
+    #: The study's name in its storage: workers with the same storage and name share the study.
+    study: str = "tessera"
+    #: Where the study's trial runs, report and plots go (``<dir>/trials/<number>/``, ``<dir>/tune_report.md``).
+    dir: str = "outputs/tune/${tune.study}"
+    #: Any Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``, ``mysql+pymysql://...``); null:
+    #: ``sqlite:///<dir>/study.db``.
+    storage: Optional[str] = None
+    #: The finished (complete or pruned) trials the study should reach, counting earlier runs and other workers.
+    trials: int = 20
+    #: Seconds this process starts new trials for; null: no limit.
+    timeout: Optional[float] = None
+    #: The validation metric the trials are scored on (a key of the epoch's validation metrics), and its direction.
+    metric: str = "accuracy"
+    direction: str = "maximize"
+    #: ``tpe``, ``random`` or ``grid`` (every combination of a space of choices).
+    sampler: str = "tpe"
+    #: The sampler's seed (worker N uses seed + N); null: a fresh seed.
+    seed: Optional[int] = None
+    #: ``median``, ``hyperband`` or ``none``: stop a trial after an epoch whose validation metric is unpromising.
+    pruner: str = "median"
+    #: Median pruner: trials that finish before any is pruned, and epochs of each trial before it may be pruned.
+    pruner_startup_trials: int = 3
+    pruner_warmup_epochs: int = 0
+    #: Processes on this machine working on the study together (each with an equal share of the cores).
+    workers: int = 1
+    #: Seconds between a worker's heartbeats; a trial whose worker is silent for twice as long is marked failed.
+    heartbeat: int = 60
+    #: Parameter sets to try first (``[{trainer.learning_rate: 5e-4}]``), Optuna's ``enqueue_trial``.
+    enqueue: list[Any] = field(default_factory=list)
+    #: Train (and export) the best trial's composition again in ``<dir>/best/`` at the end, with
+    #: ``retrain_overrides`` on top (``["data.limit_train=null"]``).
+    retrain: bool = False
+    retrain_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PluginsConfig:
     """Which plugins a run may use, by name (see ``tessera plugins``)."""
 
@@ -205,6 +247,7 @@ class _CoreConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
 

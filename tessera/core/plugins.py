@@ -94,6 +94,14 @@ class Plugins:
         }
         return _build(admitted, self.infos, list(self.failures))
 
+    def including(self, name: str, obj: object) -> Plugins:
+        """A new manager with these plugins and ``obj`` registered as the built-in plugin ``name``: a command's own
+        event subscriber (``tessera tune``'s pruning reporter), kept by every run's ``plugins.allow``."""
+        infos = {**self.infos, name: PluginInfo(name, "tessera", tessera.__version__, builtin=True)}
+        plugins = _build({**self._objects, name: obj}, infos, list(self.failures))
+        plugins.warnings = list(self.warnings)
+        return plugins
+
     def provider(self, family: str, name: str) -> str:
         """The plugin that provides ``family=name``."""
         return self.registry.get(family, name).plugin
