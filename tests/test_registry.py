@@ -354,3 +354,39 @@ def test_bad_databases_names_and_runs(smoke_run, registry, tmp_path, cli):
     with pytest.raises(RegistryError, match="is not a run directory"):
         registry.add(tmp_path, "sentiment")
     assert [r["version"] for r in registry.versions()] == [1]
+
+
+def test_concurrent_adds_get_distinct_versions(smoke_run, registry, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def add(_):
+        writer = Registry()  # a connection of its own, as another process would have
+        try:
+            return writer.add(smoke_run, "sentiment")["version"]
+        finally:
+            writer.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        numbers = sorted(pool.map(add, range(4)))
+    assert numbers == [1, 2, 3, 4]
+    assert verify_registry(registry)[1] == []
+
+
+def test_a_registry_on_a_new_machine_and_a_database_without_a_file(smoke_run, registry, tmp_path):
+    registry.add(smoke_run, "sentiment")
+    registry.promote("sentiment", 1, "production")
+    backup(registry, tmp_path / "backup")
+    elsewhere = Registry(str(tmp_path / "new" / "registry.db"))
+    assert restore(elsewhere, tmp_path / "backup") == (1, len(registry.get("sentiment")["files"]))
+    assert elsewhere.resolve("sentiment@production") == tmp_path / "new" / "store" / "sentiment" / "1"
+
+    # A database without a file (as a server database is) is backed up and restored row by row.
+    server = Registry("sqlite://", store=tmp_path / "server-store")
+    server.add(smoke_run, "sentiment")
+    backup(server, tmp_path / "server-backup")
+    assert verify_backup(tmp_path / "server-backup") == []
+    server.close()  # the in-memory database is gone
+    assert server.versions() == []
+    assert restore(server, tmp_path / "server-backup") == (1, 0)
+    assert server.get("sentiment@1")["files"] == registry.get("sentiment@1")["files"]
+    server.close()

@@ -175,6 +175,25 @@ def database_errors(url: str):
         ) from None
 
 
+def _create_schema(created, sqlite: bool) -> None:
+    """Create the tables and the schema version in one transaction; another process creating them at the same
+    moment is waited for (SQLite: ``BEGIN IMMEDIATE``) or found done."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        with created.begin() as connection:
+            if sqlite:  # the driver would run the CREATE statements outside a transaction: take the write lock first
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            if "tessera_schema" in inspect(connection).get_table_names():
+                return
+            metadata().create_all(connection)
+            connection.execute(table("tessera_schema").insert().values(version=SCHEMA_VERSION))
+    except DatabaseError as error:
+        if "already exists" not in str(error):
+            raise
+
+
 def engine(url: str):
     """A SQLAlchemy engine on ``url`` with the schema checked (and created in an empty database). A SQLite file's
     directory is created; a lock is waited for ``$TESSERA_REGISTRY_LOCK_TIMEOUT`` seconds (default 10)."""
@@ -203,10 +222,7 @@ def engine(url: str):
                     f"{describe(url)} is a database but not a tessera registry (it has no tessera_schema table): "
                     "point --db at a registry or at a new database"
                 )
-            with created.begin() as connection:
-                metadata().create_all(connection)
-                connection.execute(table("tessera_schema").insert().values(version=SCHEMA_VERSION))
-            return created
+            _create_schema(created, database is not None)
         with created.connect() as connection:
             found = connection.execute(select(table("tessera_schema").c.version)).scalar()
     if found is None:
