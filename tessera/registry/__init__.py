@@ -2,7 +2,7 @@
 and verified backups (``tessera registry``, docs/registry.md).
 
 :mod:`.database` (where the database is, its tables and schema version, one-line errors), :mod:`.source` (what
-``add`` reads from a run directory), :mod:`.store` (:class:`~.store.Registry`: add, list, show, promote, resolve a
+``add`` reads from a run directory), :mod:`.files` (copies checked by sha256), :mod:`.store` (:class:`~.store.Registry`: add, list, show, promote, resolve a
 ``registry:NAME@STAGE`` reference), :mod:`.backup` (backup, verify, restore) and :mod:`.cli`.
 """
 

@@ -29,7 +29,8 @@ from tessera.registry.database import (
     metadata,
     sqlite_file,
 )
-from tessera.registry.store import Registry, copy_verified, file_problems, now
+from tessera.registry.files import copy_verified, file_problems
+from tessera.registry.store import Registry, now
 
 MANIFEST = "MANIFEST.json"
 DATABASE = "registry.db"

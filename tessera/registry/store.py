@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tessera.registry.database import RegistryError, database_errors, engine, registry_url, store_root, table
+from tessera.registry.files import copy_verified, file_problems
 from tessera.registry.source import data_record, read_source
 
 #: The prefix of a registry reference where tessera takes a directory.
@@ -71,53 +72,6 @@ def parse_reference(reference: str) -> tuple[str, int | str | None]:
 def is_reference(value: str) -> bool:
     """Whether ``value`` is a registry reference (``registry:NAME[@VERSION|@STAGE]``)."""
     return str(value).startswith(PREFIX)
-
-
-def copy_verified(source: Path, target: Path, expected: str | None = None) -> tuple[str, int]:
-    """Copy ``source`` to ``target`` (through a temporary file and a rename) and return ``(sha256, size)`` of what was
-    read; the copy is read back and must hash the same. ``expected``: the sha256 ``source`` must have."""
-    import hashlib
-
-    from tessera.core.assets.store import sha256
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    hasher, size = hashlib.sha256(), 0
-    try:
-        with source.open("rb") as reader, partial.open("wb") as writer:
-            for block in iter(lambda: reader.read(1 << 20), b""):
-                hasher.update(block)
-                size += len(block)
-                writer.write(block)
-            writer.flush()
-            os.fsync(writer.fileno())
-        read = hasher.hexdigest()
-        if expected is not None and read != expected:
-            raise RegistryError(f"{source} does not match its recorded sha256 (it is corrupt)")
-        if sha256(partial) != read:
-            raise RegistryError(f"the copy of {source} at {target} does not read back the same: check the disk")
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return read, size
-
-
-def file_problems(directory: Path, files: dict[str, tuple[str, int]], deep: bool = True) -> dict[str, str]:
-    """What is wrong with the recorded ``files`` (``{path: (sha256, size)}``) under ``directory``: ``{path: one line
-    naming the file}`` ("is missing", "has N bytes, expected M", "does not match its sha256")."""
-    from tessera.core.assets.store import sha256
-
-    problems = {}
-    for relative, (digest, size) in sorted(files.items()):
-        path = directory / relative
-        if not path.is_file():
-            problems[relative] = f"{path} is missing"
-        elif path.stat().st_size != size:
-            problems[relative] = f"{path} has {path.stat().st_size} bytes, expected {size} (corrupt)"
-        elif deep and sha256(path) != digest:
-            problems[relative] = f"{path} does not match its sha256 (corrupt)"
-    return problems
 
 
 def _better(metric: str, new: float, old: float) -> bool:
