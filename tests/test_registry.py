@@ -163,7 +163,12 @@ def test_promote_if_better_and_fine_tuning_the_production_model(smoke_run, regis
         record = load_json(worse / name)
         record["test"]["accuracy"] -= 0.1
         (worse / name).write_text(json.dumps(record))
-    registry.add(worse, "sentiment")
+    config = OmegaConf.load(worse / ".hydra" / "config.yaml")  # fine-tuned from the production version
+    config.model.pretrained, config.model.random_init = "registry:sentiment@production", False
+    (worse / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    lineage = registry.add(worse, "sentiment")["lineage"]
+    assert lineage["base_model"] == "registry:sentiment@production"
+    assert lineage["base_version"] == {"name": "sentiment", "version": 1}
     refused = cli("registry", "promote", "sentiment", "2", "--stage", "production", "--if-better")
     assert refused.returncode == 1 and "not promoted: sentiment version 2 has test accuracy 0.3750" in refused.stderr
     assert registry.get("sentiment@production")["version"] == 1

@@ -138,7 +138,7 @@ def _show(registry, reference: str, as_json: bool) -> int:
     )
     print(f"  composition  {composition or '-'}")
     print(
-        f"  data         {row['data_hash'] or 'unknown (a data file is no longer there)'} ({row['data']['settings'].get('name')})"
+        f"  data         {row['data_hash'] or 'unknown (a data file was not found when it was registered)'} ({row['data']['settings'].get('name')})"
     )
     print(f"  test         {metrics or '-'}")
     print(f"  base model   {lineage.get('base_model')}")
@@ -188,18 +188,19 @@ def main(argv: list[str]) -> int:
         return 0
     if args.verb == "restore":
         versions, copied = backup.restore(registry, args.src, args.force)
-        print(f"restored {versions} versions from {args.src} ({copied} files copied back, the database replaced)")
+        files = f"{copied} file{'' if copied == 1 else 's'}"
+        print(f"restored {versions} versions from {args.src} ({files} copied back, the database replaced)")
         return 0
     if args.backup:
         problems = backup.verify_backup(args.backup)
-        checked = f"the backup {args.backup}"
+        where, whole = f"the backup {args.backup}", f"every file of the backup {args.backup} matches its sha256"
     else:
         count, problems = backup.verify_registry(registry)
-        checked = f"{count} files of the registry"
+        where, whole = "the registry", f"all {count} files of the registry match their sha256"
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     if problems:
-        print(f"verify: {len(problems)} problems in {checked}", file=sys.stderr)
+        print(f"verify: {len(problems)} problem{'' if len(problems) == 1 else 's'} in {where}", file=sys.stderr)
         return 1
-    print(f"verify: {checked} match their sha256")
+    print(f"verify: {whole}")
     return 0

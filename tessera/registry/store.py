@@ -202,7 +202,8 @@ class Registry:
             started = datetime.fromtimestamp(source.config_file.stat().st_mtime, UTC).isoformat(timespec="seconds")
             name, selector = parse_reference(base)
             number = self._holder_at(name, selector, started) if isinstance(selector, str) else selector
-            lineage["base_version"] = {"name": name, "version": number}
+            if number is not None:  # None: the run was trained against another registry
+                lineage["base_version"] = {"name": name, "version": number}
         return lineage
 
     def _holder_at(self, name: str, stage: str, when: str) -> int | None:
