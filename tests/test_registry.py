@@ -299,12 +299,33 @@ def test_a_killed_backup_is_detected_and_a_full_destination_loses_nothing(smoke_
     assert (tmp_path / "elsewhere" / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_a_read_only_destination(smoke_run, registry, tmp_path):
+@pytest.fixture
+def read_only_directory(tmp_path):
+    """A directory nobody may write into: its mode for a user; for root (who ignores modes) the immutable attribute
+    (chattr +i), skipped where the file system or the container does not allow it."""
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        yield directory
+        directory.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(directory)]).returncode != 0:
+        pytest.skip("root ignores file modes and chattr +i is not allowed here")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_a_read_only_destination(smoke_run, registry, read_only_directory):
     registry.add(smoke_run, "sentiment")
-    (tmp_path / "locked").mkdir(mode=0o555)
-    with pytest.raises(RegistryError, match="cannot write the backup to .* \\(Permission denied\\)"):
-        backup(registry, tmp_path / "locked" / "backup")
+    with pytest.raises(
+        RegistryError,
+        match=r"cannot write the backup to .*read-only/backup \((Permission denied|Operation not permitted)\): choose a writable",
+    ):
+        backup(registry, read_only_directory / "backup")
+    assert list(read_only_directory.iterdir()) == []
 
 
 def test_a_locked_database_loses_nothing(smoke_run, registry, tmp_path, cli, monkeypatch):
