@@ -416,3 +416,18 @@ def test_a_registry_on_a_new_machine_and_a_database_without_a_file(smoke_run, re
     assert restore(server, tmp_path / "server-backup") == (1, 0)
     assert server.get("sentiment@1")["files"] == registry.get("sentiment@1")["files"]
     server.close()
+
+
+def test_an_output_ensemble_registers_its_members_and_serves_from_the_store(smoke_run, registry, tmp_path, cli):
+    from tessera.serving.ensemble import ensemble_export
+
+    other = copy_run(smoke_run, tmp_path / "other")
+    made = cli("ensemble", "average", str(smoke_run), str(other), f"hydra.run.dir={tmp_path / 'ensemble'}")
+    assert made.returncode == 0, made.stderr[-2000:]
+    row = registry.add(tmp_path / "ensemble", "sentiment-ensemble")
+    assert row["kind"] == "ensemble" and row["composition"]["ensemble"] == ["average"]
+    members = row["lineage"]["ensemble"]["members"]
+    assert row["lineage"]["ensemble"]["method"] == "average"
+    assert {m["path"] for m in members.values()} == {str(smoke_run / "export"), str(other / "export")}
+    assert all(f"export/members/{name}/model.safetensors" in row["files"] for name in members)
+    assert ensemble_export(registry.resolve("sentiment-ensemble")) == row["directory"] / "export"
