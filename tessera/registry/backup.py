@@ -93,20 +93,10 @@ def copy_rows(source, target) -> None:
                 writer.execute(table.insert(), rows)
 
 
-def _listing(directory: Path) -> dict[str, dict]:
-    from tessera.core.assets.store import sha256
-
-    return {
-        path.relative_to(directory).as_posix(): {"sha256": sha256(path), "size": path.stat().st_size}
-        for path in sorted(directory.rglob("*"))
-        if path.is_file() and path.name != MANIFEST
-    }
-
-
 def backup(registry: Registry, dest: Path | str) -> dict:
     """Back ``registry`` up into ``dest`` (a new or empty directory, or an earlier backup, which is replaced only when
     the new one is complete); return the manifest."""
-    from tessera.core.assets.store import digest
+    from tessera.core.assets.store import digest, sha256
 
     dest = Path(dest).expanduser().resolve()
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST).is_file())):
@@ -119,6 +109,7 @@ def backup(registry: Registry, dest: Path | str) -> dict:
             copied = Registry(f"sqlite:///{partial / DATABASE}", store=registry.store)
             versions = [copied.version(row["name"], row["version"]) for row in copied.versions()]
             copied.close()
+            files = {DATABASE: {"sha256": sha256(partial / DATABASE), "size": (partial / DATABASE).stat().st_size}}
             for row in versions:
                 for relative, (sha, _) in row["files"].items():
                     source = registry.store / row["location"] / relative
@@ -128,13 +119,14 @@ def backup(registry: Registry, dest: Path | str) -> dict:
                             "(tessera registry restore BACKUP) before backing up"
                         )
                     try:
-                        copy_verified(source, partial / "store" / row["location"] / relative, expected=sha)
+                        target = f"store/{row['location']}/{relative}"
+                        read, size = copy_verified(source, partial / target, expected=sha)
                     except RegistryError as error:
                         raise RegistryError(
                             f"{error}: restore it from an earlier backup (tessera registry restore BACKUP) before "
                             "backing up"
                         ) from None
-            files = _listing(partial)
+                    files[target] = {"sha256": read, "size": size}
             manifest = {
                 "format": FORMAT,
                 "schema_version": SCHEMA_VERSION,
