@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     promote = verbs.add_parser("promote", parents=[common], help="point a stage (production...) at a version")
     promote.add_argument("name", metavar="NAME")
-    promote.add_argument("version", metavar="VERSION", help="a version number, or latest")
+    promote.add_argument("version", metavar="VERSION", help="a version number, latest, or another stage")
     promote.add_argument("--stage", required=True, help="the stage: production, staging... (a word)")
     promote.add_argument(
         "--if-better", action="store_true", help="only if its test metric is not worse than the stage's current version"

@@ -212,7 +212,10 @@ def engine(url: str):
         try:
             created = create_engine(url, **options)
         except Exception as error:  # an unknown dialect or a missing driver: SQLAlchemy raises several types
-            raise RegistryError(f"cannot use the registry database URL {describe(url)}: {error}") from None
+            raise RegistryError(
+                f"cannot use the registry database URL {describe(url)} ({error}): install its driver or fix --db / "
+                f"${URL_ENV}"
+            ) from None
         if database is not None:
             event.listen(created, "connect", lambda connection, _: connection.execute("PRAGMA foreign_keys=ON"))
         names = set(inspect(created).get_table_names())
