@@ -344,6 +344,16 @@ def test_a_locked_database_loses_nothing(smoke_run, registry, tmp_path, cli, mon
     assert sorted(p.name for p in (registry.store / "sentiment").iterdir()) == ["1"]
     assert not any((registry.store / ".incoming").iterdir())
 
+    backup(registry, tmp_path / "backup")
+    registry.close()
+    holder = sqlite3.connect(tmp_path / "registry" / "registry.db")
+    holder.execute("BEGIN EXCLUSIVE")  # a locked database is not taken for a corrupt one and replaced
+    try:
+        one_line_error(cli("registry", "restore", str(tmp_path / "backup")), "is locked by another process")
+    finally:
+        holder.rollback()
+        holder.close()
+
 
 def test_bad_databases_names_and_runs(smoke_run, registry, tmp_path, cli):
     registry.add(smoke_run, "sentiment")

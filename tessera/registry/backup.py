@@ -23,6 +23,8 @@ from pathlib import Path
 from tessera.core.files import atomic_directory, write_json
 from tessera.registry.database import (
     SCHEMA_VERSION,
+    DatabaseCorrupt,
+    DatabaseLocked,
     RegistryError,
     database_errors,
     describe,
@@ -64,7 +66,7 @@ def _snapshot(registry: Registry, target: Path) -> None:
                 reader.backup(writer)
             except sqlite3.OperationalError as error:
                 if "locked" in str(error) or "busy" in str(error):
-                    raise RegistryError(
+                    raise DatabaseLocked(
                         f"the registry database {source} is locked by another process ({error}): retry when it is done"
                     ) from None
                 raise
@@ -227,7 +229,7 @@ def restore(registry: Registry, src: Path | str, force: bool = False) -> tuple[i
 def _refuse_losing_versions(registry: Registry, kept: set[tuple[str, int]], src: Path) -> None:
     try:
         live = {(row["name"], row["version"]) for row in registry.versions()}
-    except RegistryError:  # a corrupt or unreadable database: the backup is what there is
+    except DatabaseCorrupt:  # the backup is what there is (a locked or newer database is not replaced)
         return
     lost = sorted(live - kept)
     if lost:

@@ -26,6 +26,14 @@ class RegistryError(TesseraError):
     """A registry database, store, reference or backup that cannot be used as asked."""
 
 
+class DatabaseLocked(RegistryError):
+    """Another process holds the registry database locked for longer than the lock timeout."""
+
+
+class DatabaseCorrupt(RegistryError):
+    """The registry database file is damaged (not a database, malformed, or without its schema version)."""
+
+
 def registry_url(given: str | None = None) -> str:
     """The database URL: ``given``, else ``$TESSERA_REGISTRY_URL``, else the SQLite file under ``$TESSERA_HOME``. A
     value without ``://`` is a path to a SQLite file."""
@@ -159,18 +167,18 @@ def database_errors(url: str):
     except OperationalError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error).splitlines()[0]
         if "locked" in reason or "busy" in reason:
-            raise RegistryError(
+            raise DatabaseLocked(
                 f"the registry database {where} is locked by another process ({reason}): retry when it is done "
                 f"(or raise ${LOCK_TIMEOUT_ENV}, in seconds)"
             ) from None
         if "not a database" in reason or "malformed" in reason:
-            raise RegistryError(
+            raise DatabaseCorrupt(
                 f"the registry database {where} is corrupt ({reason}): restore it with tessera registry restore BACKUP"
             ) from None
         raise RegistryError(f"cannot use the registry database {where} ({reason}): check --db / ${URL_ENV}") from None
     except DatabaseError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error).splitlines()[0]
-        raise RegistryError(
+        raise DatabaseCorrupt(
             f"the registry database {where} is corrupt ({reason}): restore it with tessera registry restore BACKUP"
         ) from None
 
@@ -229,7 +237,7 @@ def engine(url: str):
         with created.connect() as connection:
             found = connection.execute(select(table("tessera_schema").c.version)).scalar()
     if found is None:
-        raise RegistryError(
+        raise DatabaseCorrupt(
             f"the registry database {describe(url)} has no schema version (its tessera_schema table is empty): "
             "restore it with tessera registry restore BACKUP"
         )
