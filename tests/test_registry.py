@@ -245,11 +245,12 @@ def test_restore_repairs_a_corrupt_database_and_keeps_later_versions_unless_forc
     assert [r["version"] for r in Registry().versions()] == [1]
 
 
-#: Kills its own process (SIGKILL, no clean-up) when it starts writing the weights into the backup.
+#: Kills its own process (SIGKILL, no clean-up) when it starts writing weights under a directory whose path holds
+#: ``$KILL_UNDER``.
 KILL_HALF_WAY = """
 import os, signal, sys
 def kill_at_the_weights(event, args):
-    if event == "open" and "/.backup." in str(args[0]) and "model.safetensors" in os.path.basename(str(args[0])):
+    if event == "open" and os.environ["KILL_UNDER"] in str(args[0]) and "model.safetensors" in os.path.basename(str(args[0])):
         os.kill(os.getpid(), signal.SIGKILL)
 sys.addaudithook(kill_at_the_weights)
 from tessera.core.cli import main
@@ -257,20 +258,27 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def backup_in_child(dest, kill: bool = False, limit: int | None = None):
-    """``tessera registry backup DEST`` in a child process, killed half way (``kill``), or with its files limited to
-    ``limit`` bytes (a write beyond fails as on a full disk)."""
-
-    def limit_files():
-        if limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
+def killed_half_way(under: str, *args: str):
+    """``tessera ARGS`` in a child process killed when it starts writing weights under a path holding ``under``."""
     return subprocess.run(
-        [sys.executable, *(["-c", KILL_HALF_WAY] if kill else ["-m", "tessera"]), "registry", "backup", str(dest)],
+        [sys.executable, "-c", KILL_HALF_WAY, *args],
         capture_output=True,
         text=True,
         cwd=REPO,
-        preexec_fn=limit_files,
+        env={**os.environ, "KILL_UNDER": under},
+        timeout=300,
+    )
+
+
+def backup_in_child(dest, limit: int):
+    """``tessera registry backup DEST`` in a child process whose files are limited to ``limit`` bytes (a write
+    beyond fails as on a full disk)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tessera", "registry", "backup", str(dest)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
         timeout=300,
     )
 
@@ -278,7 +286,7 @@ def backup_in_child(dest, kill: bool = False, limit: int | None = None):
 def test_a_killed_backup_is_detected_and_a_full_destination_loses_nothing(smoke_run, registry, tmp_path, cli):
     registry.add(smoke_run, "sentiment")
     dest = tmp_path / "backup"
-    killed = backup_in_child(dest, kill=True)
+    killed = killed_half_way("/.backup.", "registry", "backup", str(dest))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not dest.exists()
     (partial,) = tmp_path.glob(".backup.*")
@@ -326,6 +334,17 @@ def test_a_read_only_destination(smoke_run, registry, read_only_directory):
     ):
         backup(registry, read_only_directory / "backup")
     assert list(read_only_directory.iterdir()) == []
+
+
+def test_a_killed_add_registers_nothing_and_its_leftovers_are_cleared(smoke_run, registry):
+    registry.add(smoke_run, "sentiment")
+    killed = killed_half_way("/.incoming/", "registry", "add", str(smoke_run), "--name", "sentiment")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [r["version"] for r in registry.versions()] == [1]
+    assert len(list((registry.store / ".incoming").iterdir())) == 2  # its directory and its lock file
+    assert registry.add(smoke_run, "sentiment")["version"] == 2
+    assert not any((registry.store / ".incoming").iterdir())
+    assert verify_registry(registry)[1] == []
 
 
 def test_a_locked_database_loses_nothing(smoke_run, registry, tmp_path, cli, monkeypatch):

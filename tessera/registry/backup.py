@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import sqlite3
 import uuid
 from pathlib import Path
@@ -264,4 +263,3 @@ def _restore_database(registry: Registry, backup_file: Path) -> None:
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    shutil.rmtree(registry.store / ".incoming", ignore_errors=True)

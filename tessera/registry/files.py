@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from tessera.registry.database import RegistryError
@@ -54,3 +57,37 @@ def file_problems(directory: Path, files: dict[str, tuple[str, int]], deep: bool
         elif deep and sha256(path) != digest:
             problems[relative] = f"{path} does not match its sha256 (corrupt)"
     return problems
+
+
+@contextmanager
+def incoming_directory(root: Path):
+    """A new directory under ``root`` for one ``add`` to copy into, removed when the block ends (unless moved away).
+    It is claimed by a lock file beside it (``<dir>.lock``, locked while the block runs, released by the kernel when
+    the process dies), so the leftovers of a killed ``add`` are told from another ``add`` at work and removed."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        directory = root / uuid.uuid4().hex
+        claim = directory.with_suffix(".lock").open("a")
+    except OSError as error:
+        raise RegistryError(
+            f"cannot write the registry store {root.parent} ({error.strerror or error}): make it writable or set "
+            "--store / $TESSERA_REGISTRY_STORE"
+        ) from None
+    fcntl.flock(claim, fcntl.LOCK_EX)
+    for stale in root.glob("*.lock"):
+        if stale == directory.with_suffix(".lock"):
+            continue
+        with stale.open("a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another add is copying
+            shutil.rmtree(stale.with_suffix(""), ignore_errors=True)
+            stale.unlink(missing_ok=True)
+    with claim:
+        try:
+            directory.mkdir()
+            yield directory
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.with_suffix(".lock").unlink(missing_ok=True)

@@ -16,12 +16,11 @@ import functools
 import os
 import re
 import shutil
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tessera.registry.database import RegistryError, database_errors, engine, registry_url, store_root, table
-from tessera.registry.files import copy_verified, file_problems
+from tessera.registry.files import copy_verified, file_problems, incoming_directory
 from tessera.registry.source import data_record, read_source
 
 #: The prefix of a registry reference where tessera takes a directory.
@@ -117,8 +116,7 @@ class Registry:
         source = read_source(run_dir, stage)
         data_hash, data = data_record(source.cfg)
         self.open()  # the database is checked (locked, corrupt, newer) before anything is copied
-        incoming = self.store / ".incoming" / uuid.uuid4().hex
-        try:
+        with incoming_directory(self.store / ".incoming") as incoming:
             files = self._copy_in(source, incoming)
             listing = {path: {"sha256": sha, "size": size} for path, (sha, size) in files.items()}
             values = {
@@ -143,8 +141,6 @@ class Registry:
                         continue
                 else:
                     raise RegistryError(f"could not number a new version of {name}: too many concurrent writers")
-        finally:
-            shutil.rmtree(incoming, ignore_errors=True)
         return self.version(name, number)
 
     def _copy_in(self, source, incoming: Path) -> dict[str, tuple[str, int]]:
