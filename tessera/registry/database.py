@@ -159,11 +159,15 @@ def describe(url: str) -> str:
 @contextmanager
 def database_errors(url: str):
     """Turn the database driver's errors into one-line :class:`RegistryError` s that say what to do."""
-    from sqlalchemy.exc import DatabaseError, OperationalError
+    from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
     where = describe(url)
     try:
         yield
+    except IntegrityError:
+        raise RegistryError(
+            f"another process changed the registry {where} at the same moment: run the command again"
+        ) from None
     except OperationalError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error).splitlines()[0]
         if "locked" in reason or "busy" in reason:

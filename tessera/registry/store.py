@@ -338,37 +338,9 @@ class Registry:
                 return True, f"{name} version {number} is already {stage}"
             note = None
             if if_better and current is not None:
-                held = self.version(name, current)
-                metric = metric or next(
-                    (
-                        m
-                        for m in DEFAULT_METRICS
-                        if _number(row["metrics"], m) is not None and _number(held["metrics"], m) is not None
-                    ),
-                    None,
-                )
-                if metric is None:
-                    raise RegistryError(
-                        f"versions {number} and {current} of {name} share no test metric to compare: name one with --metric"
-                    )
-                for version_row in (row, held):
-                    if _number(version_row["metrics"], metric) is None:
-                        numeric = [
-                            k
-                            for k, v in version_row["metrics"].items()
-                            if _number(version_row["metrics"], k) is not None
-                        ]
-                        raise RegistryError(
-                            f"{name} version {version_row['version']} has no test metric {metric!r} "
-                            f"(it has {', '.join(numeric)}): choose another --metric"
-                        )
-                new, old = _number(row["metrics"], metric), _number(held["metrics"], metric)
-                if not _better(metric, new, old):
-                    return False, (
-                        f"not promoted: {name} version {number} has test {metric} {new:.4f}, worse than version "
-                        f"{current}'s {old:.4f} ({stage} stays version {current})"
-                    )
-                note = f"test {metric} {new:.4f} vs {old:.4f}"
+                better, note = _compare(name, row, self.version(name, current), metric)
+                if not better:
+                    return False, f"not promoted: {note} ({stage} stays version {current})"
             at = now()
             if current is None:
                 connection.execute(stages.insert().values(name=name, stage=stage, version=number, promoted=at))
@@ -385,6 +357,34 @@ class Registry:
             )
         was = f" (was version {current})" if current is not None else ""
         return True, f"{name} version {number} is now {stage}{was}{f': {note}' if note else ''}"
+
+
+def _compare(name: str, new: dict, held: dict, metric: str | None) -> tuple[bool, str]:
+    """Whether version ``new`` of ``name`` is not worse than ``held`` by test ``metric`` (default: the first of
+    :data:`DEFAULT_METRICS` both have), and a line saying so."""
+    shared = [
+        m for m in DEFAULT_METRICS if _number(new["metrics"], m) is not None and _number(held["metrics"], m) is not None
+    ]
+    metric = metric or (shared[0] if shared else None)
+    if metric is None:
+        raise RegistryError(
+            f"versions {new['version']} and {held['version']} of {name} share no test metric to compare: "
+            "name one with --metric"
+        )
+    for row in (new, held):
+        if _number(row["metrics"], metric) is None:
+            numeric = [key for key in row["metrics"] if _number(row["metrics"], key) is not None]
+            raise RegistryError(
+                f"{name} version {row['version']} has no test metric {metric!r} (it has {', '.join(numeric)}): "
+                "choose another --metric"
+            )
+    ours, theirs = _number(new["metrics"], metric), _number(held["metrics"], metric)
+    if _better(metric, ours, theirs):
+        return True, f"test {metric} {ours:.4f} vs {theirs:.4f}"
+    return False, (
+        f"{name} version {new['version']} has test {metric} {ours:.4f}, worse than version {held['version']}'s "
+        f"{theirs:.4f}"
+    )
 
 
 def _number(metrics: dict, key: str) -> float | None:
