@@ -256,6 +256,10 @@ DELEGATED_COMMANDS = {
     "kg": ("knowledge graphs: info / load / query / embed", "tessera.graphs.cli:main"),
     "serve": ("serve a run's export through vLLM's OpenAI-compatible API", "tessera.serving.cli:serve"),
     "predict": ("batch inference on a file through vLLM (or transformers)", "tessera.serving.cli:predict"),
+    "registry": (
+        "a model registry: add / list / show / promote, backup / restore / verify",
+        "tessera.registry.cli:main",
+    ),
     "eval": (
         "evaluate a trained run, clean and under attack (attack=synonym,charnoise)",
         "tessera.robustness.cli:main",

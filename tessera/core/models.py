@@ -29,8 +29,13 @@ AUTO_CLASSES = {
 
 
 def pretrained_path(model_cfg) -> Path:
-    """The local directory ``model.pretrained`` names: ``asset:NAME`` or a path."""
+    """The local directory ``model.pretrained`` names: ``asset:NAME``, ``registry:NAME@STAGE`` (a registered
+    version's export, :mod:`tessera.registry`) or a path."""
     source = model_cfg.pretrained
+    if source.startswith("registry:"):
+        from tessera.registry.store import reference_export
+
+        return reference_export(source)
     if source.startswith("asset:"):
         from tessera.core.assets import asset_path
 

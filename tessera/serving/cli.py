@@ -31,6 +31,17 @@ def _settings_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _registered(args) -> None:
+    """For a ``registry:NAME[@VERSION|@STAGE]`` argument: the registered version's directory (checked), served as
+    NAME unless ``--name`` says otherwise."""
+    from tessera.registry import is_reference, resolve_reference
+
+    if is_reference(args.path):
+        if hasattr(args, "name"):
+            args.name = args.name or args.path.removeprefix("registry:").partition("@")[0]
+        args.path = resolve_reference(args.path)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -56,7 +67,10 @@ def serve(argv: list[str]) -> int:
     from tessera.serving.target import ROUTES, ServeError, resolve, run_config, vllm_refusal
 
     parser = _Parser(prog="tessera serve", description="Serve a run's export through vLLM's OpenAI-compatible API.")
-    parser.add_argument("path", help="a run directory (outputs/<date>/<time>), its export/, or a model directory")
+    parser.add_argument(
+        "path",
+        help="a run directory (outputs/<date>/<time>), its export/, a model directory, or registry:NAME@STAGE",
+    )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY'")
@@ -64,6 +78,7 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--name", help="the served model name")
     _settings_argument(parser)
     args = parser.parse_intermixed_args(argv)
+    _registered(args)
     settings = load_settings(run_config(args.path), _overrides(args))
     echo = lambda line: print(line, flush=True)  # noqa: E731
     export = ensemble_export(args.path)
@@ -109,7 +124,7 @@ def predict(argv: list[str]) -> int:
     parser = _Parser(
         prog="tessera predict", description="Batch inference on a file (.txt, .csv, .jsonl) through vLLM's offline API."
     )
-    parser.add_argument("path", help="a run directory, its export/, or a model directory")
+    parser.add_argument("path", help="a run directory, its export/, a model directory, or registry:NAME@STAGE")
     parser.add_argument("file", type=Path, help="inputs: .txt (one per line), .csv or .jsonl (a text column)")
     parser.add_argument("--output", type=Path, help="where to write (default: FILE's stem + .predictions.jsonl)")
     parser.add_argument("--text-column", default="text", help="the input column of a .csv / .jsonl file")
@@ -124,6 +139,7 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--chat", action="store_true", help="send each input as a user message (chat template)")
     _settings_argument(parser)
     args = parser.parse_intermixed_args(argv)
+    _registered(args)
     try:
         with _signals(_interrupt):  # SIGTERM, like Ctrl-C, stops the vLLM subprocess and removes its files
             output, engine, count = predict_file(
