@@ -50,30 +50,28 @@ def _peak_rss_mb() -> float | None:
 
 
 def _graph(args):
-    """The benchmark graph (cut down with ``--tiny``)."""
+    """The benchmark graph; with ``--tiny``, its first 2,000 training triples and up to 50 validation and test
+    triples over their entities (re-indexed, so both libraries rank against the same entities)."""
     from tessera.core.plugins import discover
     from tessera.graphs.loaders import load_graph
-    from tessera.graphs.store import KnowledgeGraph
+    from tessera.graphs.loaders.tsv import graph_from_splits
 
     graph = load_graph(args.source, discover())
     if not args.tiny:
         return graph
-    train = graph.splits["train"][:2000]
-    seen = set(graph.triples[train][:, [0, 2]].ravel().tolist())
-    relations = set(graph.triples[train][:, 1].tolist())
 
-    def held(name):
-        rows = graph.triples[graph.splits[name]]
-        keep = [i for i, (h, r, t) in zip(graph.splits[name], rows.tolist()) if {h, t} <= seen and r in relations]
-        return keep[:50]
+    def keys(rows):
+        return [(graph.entities[h], graph.relations[r], graph.entities[t]) for h, r, t in rows.tolist()]
 
-    return KnowledgeGraph(
-        f"{graph.name}-tiny",
-        graph.entities,
-        graph.relations,
-        graph.triples,
-        splits={"train": train, "valid": held("valid"), "test": held("test")},
-    )
+    train = keys(graph.split("train")[:2000])
+    seen = {key for h, _, t in train for key in (h, t)}
+    relations = {r for _, r, _ in train}
+    parts = {"train": train}
+    for split in ("valid", "test"):
+        parts[split] = [row for row in keys(graph.split(split)) if {row[0], row[2]} <= seen and row[1] in relations][
+            :50
+        ]
+    return graph_from_splits(f"{graph.name}-tiny", parts)
 
 
 def _config(model: str, args, epochs: int, converge: bool):
