@@ -111,7 +111,7 @@ def test_embed_trains_and_reports_filtered_metrics(capsys, tmp_path):
         capsys, "embed", "pykeen:nations", "--model", "distmult", "--dim", "16", "--epochs", "20", "--out", str(out)
     )
     assert result["embeddings"] == str(out) and out.is_file()
-    assert set(result["metrics"]) == {"both", "head", "tail", "triples", "split"}
+    assert set(result["metrics"]) == {"both", "head", "tail", "triples", "split", "seconds", "eval_batch_size"}
     assert set(result["metrics"]["both"]) == {"mr", "mrr", "hits_at_1", "hits_at_3", "hits_at_10"}
     ranked = run_json(
         capsys,

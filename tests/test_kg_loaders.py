@@ -154,6 +154,23 @@ def test_wordnet_graph():
     assert any(h == good and t == bad and graph.relations[r] == "antonym" for h, r, t in graph.triples.tolist())
 
 
+@pytest.mark.slow
+def test_wn18rr_split_of_wordnet():
+    need_asset("wordnet")
+    graph = load_graph("wn18rr", plugins())  # built from the cached wordnet graph
+    assert (graph.num_entities, graph.num_triples) == (113_345, 169_783)
+    assert {name: len(indices) for name, indices in graph.splits.items()} == {
+        "train": 159_783,
+        "valid": 5000,
+        "test": 5000,
+    }
+    keys = {tuple(row) for row in graph.triples.tolist()}
+    assert not any((t, r, h) in keys for h, r, t in keys if h != t)  # one direction of each symmetric fact
+    assert load_graph("wn18rr:mirrored", plugins()).num_triples == 218_847
+    with pytest.raises(GraphError, match="unknown wn18rr variant 'mirror': use wn18rr or wn18rr:mirrored"):
+        resolve("wn18rr:mirror", plugins())
+
+
 def test_third_party_loader_plugin_on_the_command_line(tmp_path):
     make_plugin(tmp_path / "site", "chain", THIRD_PARTY_LOADER)
     env = {"PYTHONPATH": str(tmp_path / "site"), "TESSERA_HOME": str(tmp_path / "home")}

@@ -1,7 +1,7 @@
 """``tessera kg info | load | query | embed``: knowledge graphs on the command line.
 
-``SOURCE`` is a graph source (``wordnet``, ``go``, ``commonsense``, ``pykeen:nations``, ``rdf:FILE`` or a path to an
-RDF file); ``tessera kg info`` without one lists the installed loaders.
+``SOURCE`` is a graph source (``wordnet``, ``wn18rr``, ``go``, ``commonsense``, ``pykeen:nations``, ``tsv:DIR``,
+``rdf:FILE`` or a path to an RDF file); ``tessera kg info`` without one lists the installed loaders.
 """
 
 from __future__ import annotations
@@ -49,11 +49,27 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=256)
     embed.add_argument("--lr", type=float, default=0.01, help="learning rate (Adam)")
     embed.add_argument("--negatives", type=int, default=1, help="corrupted triples per positive")
-    embed.add_argument("--loss", default="default", help="default (the model's PyKEEN default), margin or softplus")
+    embed.add_argument(
+        "--loss", default="default", help="default (the model's PyKEEN default), margin, softplus or nssa"
+    )
+    embed.add_argument("--margin", type=float, default=1.0, help="margin of the margin loss; RotatE's / nssa's gamma")
+    embed.add_argument(
+        "--adversarial-temperature", type=float, default=1.0, help="softmax temperature of the nssa loss's weights"
+    )
     embed.add_argument("--encoder", default="none", help="none or rgcn")
     embed.add_argument("--seed", type=int, default=0)
     embed.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small graphs)")
     embed.add_argument("--evaluate", help="split to evaluate on, or 'none' (default: test when the graph has one)")
+    embed.add_argument(
+        "--evaluate-every", type=int, default=0, metavar="N", help="validate every N epochs, keep the best (0: never)"
+    )
+    embed.add_argument(
+        "--patience", type=int, default=0, help="stop after this many validations without a better MRR (0: never)"
+    )
+    embed.add_argument("--validation-split", default="valid", help="the split validated on (default: valid)")
+    embed.add_argument(
+        "--eval-batch-size", type=int, default=0, help="scores per evaluation block (0: from the memory available)"
+    )
     embed.add_argument("--out", metavar="FILE", help="embeddings file (default: the graph's cache)")
     embed.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -190,32 +206,50 @@ def embed(args, plugins) -> int:
         learning_rate=args.lr,
         negatives=args.negatives,
         loss=args.loss,
+        margin=args.margin,
+        adversarial_temperature=args.adversarial_temperature,
         encoder=args.encoder,
         seed=args.seed,
         threads=args.threads,
+        evaluate_every=args.evaluate_every,
+        patience=args.patience,
+        validation_split=args.validation_split,
+        eval_batch_size=args.eval_batch_size,
     )
     config.check()
     graph = load_graph(args.source, plugins)
     evaluate = args.evaluate or ("test" if "test" in graph.splits else "none")
     evaluate = None if evaluate == "none" else evaluate
     trained = train_embeddings(
-        graph, config, evaluate=evaluate, log=None if args.json else lambda line: print(line, flush=True)
+        graph,
+        config,
+        evaluate=evaluate,
+        log=None if args.json else lambda line: print(line, flush=True),
+        progress=not args.json,
     )
     path = trained.save(args.out or embeddings_path(args.source, config, plugins))
+    epochs = trained.metrics.get("validation", {}).get("epochs_trained", config.epochs)
     payload = {
         "graph": graph.name,
         "model": config.model,
         "dim": config.dim,
-        "epochs": config.epochs,
+        "epochs": epochs,
         "seconds": round(trained.seconds, 3),
         "metrics": trained.metrics,
         "embeddings": str(path),
     }
     lines = [
-        f"trained {config.model} (dim {config.dim}, {config.epochs} epochs) on {graph.name} in "
+        f"trained {config.model} (dim {config.dim}, {epochs} epochs) on {graph.name} in "
         f"{trained.seconds:.1f} s; embeddings: {path}"
     ]
-    if trained.metrics:
+    if "validation" in trained.metrics:
+        found = trained.metrics["validation"]
+        lines += [
+            f"best {config.validation_split} MRR {found['best_mrr']:.4f} at epoch {found['best_epoch']} of "
+            f"{found['epochs_trained']}{' (stopped early)' if found['stopped_early'] else ''}: these embeddings"
+        ]
+    if "both" in trained.metrics:
+        lines += [f"{trained.metrics['split']} ({trained.metrics['triples']:,} triples):"]
         lines += [
             f"{side:>5}: " + "  ".join(f"{k} {v:.4f}" for k, v in trained.metrics[side].items())
             for side in ("both", "head", "tail")

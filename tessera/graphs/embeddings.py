@@ -4,15 +4,20 @@ negative sampling and evaluated with filtered rank-based link-prediction metrics
 Training (stochastic local closed world, as PyKEEN's sLCWA): each positive triple of the training split is
 paired with ``negatives`` corruptions (its head or its tail, with equal chance, replaced by a uniformly drawn
 entity). The loss defaults to each model's PyKEEN default: a margin ranking loss (margin 1) for TransE, DistMult
-and RotatE, the softplus loss for ComplEx. Optimiser: Adam; on graphs of more than :data:`SPARSE_ABOVE` entities
-(WordNet) the embedding tables take sparse gradients and lazy Adam (``SparseAdam``), which updates only the rows a
-batch touches: an epoch of WordNet then costs seconds instead of a minute.
+and RotatE, the softplus loss for ComplEx; ``nssa`` is RotatE's self-adversarial negative sampling loss
+(``-log sigmoid(margin - d(positive)) - sum_i p_i log sigmoid(d(negative_i) - margin)``, the weights ``p`` a softmax
+of the negatives' scores at ``adversarial_temperature``, not differentiated). Optimiser: Adam; on graphs of more
+than :data:`SPARSE_ABOVE` entities (WordNet) the embedding tables take sparse gradients and lazy Adam
+(``SparseAdam``), which updates only the rows a batch touches: an epoch of WordNet then costs seconds instead of a
+minute.
 
-Evaluation: for each test triple the head and the tail are ranked in turn against every entity, *filtered*
-(other true triples of any split are removed from the candidates). The rank is PyKEEN's *realistic* rank, the
-mean of the optimistic and pessimistic ranks, so ties are neither rewarded nor punished. Reported, for
-``both`` sides together and for ``head`` / ``tail`` alone: MR (mean rank), MRR (mean reciprocal rank) and
-Hits@1/3/10.
+Validation (``evaluate_every`` N > 0): every N epochs (and after the last) the model is evaluated on
+``validation_split``; the state with the best validation MRR is kept and restored at the end, so the embeddings
+and the test metrics are those of the best epoch. ``patience`` P > 0 stops training after P evaluations in a row
+without a better validation MRR.
+
+Evaluation: :mod:`tessera.graphs.link_prediction` (filtered realistic ranks as PyKEEN reports them, MR, MRR and
+Hits@1/3/10, in blocks of at most ``eval_batch_size`` scores).
 
 ``encoder=rgcn`` puts an R-GCN (``torch_geometric.nn.RGCNConv``, relations and their inverses, residual) over
 the entity embeddings of the training graph; the KGE model then scores with the encoded embeddings.
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tessera.graphs.link_prediction import LinkPredictionEvaluator
 from tessera.graphs.store import GraphError, KnowledgeGraph
 
 #: Model name -> (torch_geometric.nn.kge class name, PyKEEN's default loss).
@@ -39,7 +45,7 @@ MODELS = {
     "complex": ("ComplEx", "softplus"),
     "rotate": ("RotatE", "margin"),
 }
-LOSSES = ("margin", "softplus")
+LOSSES = ("margin", "softplus", "nssa")
 ENCODERS = ("none", "rgcn")
 #: Graphs with more entities than this train with sparse embedding gradients (see the module docstring).
 SPARSE_ABOVE = 10_000
@@ -57,9 +63,12 @@ class KGEConfig:
     learning_rate: float = 0.01
     #: Corrupted triples per positive.
     negatives: int = 1
-    #: ``default`` (the model's PyKEEN default), ``margin`` or ``softplus``.
+    #: ``default`` (the model's PyKEEN default), ``margin``, ``softplus`` or ``nssa`` (self-adversarial).
     loss: str = "default"
+    #: The margin of the margin ranking loss, and RotatE's (and the ``nssa`` loss's) margin gamma.
     margin: float = 1.0
+    #: The softmax temperature alpha of the ``nssa`` loss's weights over the negatives.
+    adversarial_temperature: float = 1.0
     encoder: str = "none"
     rgcn_layers: int = 1
     #: Basis decomposition of the R-GCN relation weights (0: none).
@@ -68,6 +77,13 @@ class KGEConfig:
     train_split: str = "train"
     seed: int = 0
     threads: int = 1
+    #: Evaluate on ``validation_split`` every this many epochs and keep the best state (0: never).
+    evaluate_every: int = 0
+    #: Stop after this many validations in a row without a better MRR (0: train every epoch).
+    patience: int = 0
+    validation_split: str = "valid"
+    #: Scores per evaluation block (0: automatic from the memory available).
+    eval_batch_size: int = 0
 
     def check(self) -> None:
         """Raise :class:`GraphError` for an unknown model, loss or encoder, or a non-positive size."""
@@ -80,6 +96,10 @@ class KGEConfig:
                 raise GraphError(f"unknown KGE {what} {value!r}: choose one of {', '.join(valid)}")
         if min(self.dim, self.epochs, self.batch_size, self.negatives, self.threads) < 1:
             raise GraphError("dim, epochs, batch_size, negatives and threads must be at least 1")
+        if min(self.evaluate_every, self.patience, self.eval_batch_size) < 0:
+            raise GraphError("evaluate_every, patience and eval_batch_size must be 0 (off / automatic) or more")
+        if self.patience and not self.evaluate_every:
+            raise GraphError("patience needs evaluate_every: early stopping watches the validation MRR")
 
     @property
     def loss_name(self) -> str:
@@ -152,8 +172,11 @@ class _Scorer:
 
         #: Sparse gradients for the tables of a large graph trained without an encoder.
         self.sparse = graph.num_entities > SPARSE_ABOVE and config.encoder == "none"
+        #: The model's name in :data:`MODELS` (the evaluation scores candidates with its formula).
+        self.name = config.model
+        extra = {"margin": config.margin} if config.model == "rotate" else {}
         self.model = getattr(kge, MODELS[config.model][0])(
-            graph.num_entities, graph.num_relations, config.dim, sparse=self.sparse
+            graph.num_entities, graph.num_relations, config.dim, sparse=self.sparse, **extra
         )
         self.entity_tables = [name for name in ("node_emb", "node_emb_im") if hasattr(self.model, name)]
         self.encoder = None
@@ -224,11 +247,17 @@ def _threads(count: int):
 
 
 def train_embeddings(
-    graph: KnowledgeGraph, config: KGEConfig | None = None, evaluate: str | None = "test", log=None
+    graph: KnowledgeGraph,
+    config: KGEConfig | None = None,
+    evaluate: str | None = "test",
+    log=None,
+    progress: bool = False,
 ) -> TrainedEmbeddings:
-    """Train ``config.model`` on the training split of ``graph``; evaluate on split ``evaluate`` (None: skip).
+    """Train ``config.model`` on the training split of ``graph`` (validating on ``config.validation_split`` every
+    ``config.evaluate_every`` epochs, see the module docstring); evaluate on split ``evaluate`` (None: skip).
 
-    ``log`` (a callable) receives a line per tenth of the epochs.
+    ``log`` (a callable) receives a line per tenth of the epochs and one per validation; ``progress`` shows a
+    progress bar on stderr while an evaluation runs.
     """
     import torch
 
@@ -238,6 +267,12 @@ def train_embeddings(
     train = graph.split(split)
     if not len(train):
         raise GraphError(f"graph {graph.name} has no training triples in split {split!r}")
+    validator = (
+        LinkPredictionEvaluator(graph, config.validation_split, config.eval_batch_size)
+        if config.evaluate_every
+        else None
+    )
+    tester = LinkPredictionEvaluator(graph, evaluate, config.eval_batch_size) if evaluate else None
     with _threads(config.threads):
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
@@ -246,23 +281,85 @@ def train_embeddings(
             list(scorer.parameters()), lr=config.learning_rate
         )
         triples = torch.as_tensor(train, dtype=torch.long)
-        started = time.perf_counter()
-        for epoch in range(config.epochs):
-            total = 0.0
+        validation = _Validation(config)
+        seconds = 0.0
+        for epoch in range(1, config.epochs + 1):
+            started, total = time.perf_counter(), 0.0
             for batch in torch.randperm(len(triples), generator=generator).split(config.batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 loss = _batch_loss(scorer, triples[batch], graph.num_entities, config, generator)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(batch)
-            if log and (epoch + 1) % max(1, config.epochs // 10) == 0:
-                log(f"epoch {epoch + 1}/{config.epochs}: loss {total / len(triples):.4f}")
-        seconds = time.perf_counter() - started
+            seconds += time.perf_counter() - started
+            if log and epoch % max(1, config.epochs // 10) == 0:
+                log(f"epoch {epoch}/{config.epochs}: loss {total / len(triples):.4f}")
+            if validator and (epoch % config.evaluate_every == 0 or epoch == config.epochs):
+                metrics = validator.evaluate(scorer, progress)
+                validation.record(epoch, metrics, scorer)
+                if log:
+                    log(
+                        f"epoch {epoch}: {validator.split} MRR {metrics['both']['mrr']:.4f} (best {validation.summary()})"
+                    )
+                if validation.stopped:
+                    if log:
+                        log(f"no better validation MRR for {config.patience} validations: stopped after epoch {epoch}")
+                    break
+        validation.restore(scorer)
+        metrics = tester.evaluate(scorer, progress) if tester else {}
+        if validator:
+            metrics["validation"] = validation.report()
         with torch.no_grad():
-            metrics = link_prediction(scorer, graph, evaluate) if evaluate else {}
             entities = scorer.entity_matrix().numpy().astype(np.float32)
             relations = scorer.relation_matrix().numpy().astype(np.float32)
     return TrainedEmbeddings(graph.name, config, entities, relations, metrics, seconds)
+
+
+class _Validation:
+    """The validation history, the best state (a copy of the parameters) and the early-stopping decision."""
+
+    def __init__(self, config: KGEConfig):
+        self.patience = config.patience
+        self.history: list[dict] = []
+        self.best_state = None
+        self.best_epoch, self.best_mrr, self.stale, self.stopped = 0, -1.0, 0, False
+        self.seconds = 0.0
+
+    def record(self, epoch: int, metrics: dict, scorer) -> None:
+        """Note the validation of ``epoch``: keep the state when its MRR is the best so far, stop after
+        ``patience`` validations in a row without a better one."""
+        mrr = metrics["both"]["mrr"]
+        self.seconds += metrics["seconds"]
+        self.history.append({"epoch": epoch, "mrr": mrr, "hits_at_10": metrics["both"]["hits_at_10"]})
+        if mrr > self.best_mrr:
+            self.best_epoch, self.best_mrr, self.stale = epoch, mrr, 0
+            self.best_state = [parameter.detach().clone() for parameter in scorer.parameters()]
+        else:
+            self.stale += 1
+            self.stopped = bool(self.patience) and self.stale >= self.patience
+
+    def summary(self) -> str:
+        return f"{self.best_mrr:.4f} at epoch {self.best_epoch}"
+
+    def restore(self, scorer) -> None:
+        """Put the best validated parameters back (nothing when there was no validation)."""
+        import torch
+
+        if self.best_state is None:
+            return
+        with torch.no_grad():
+            for parameter, best in zip(scorer.parameters(), self.best_state):
+                parameter.copy_(best)
+
+    def report(self) -> dict:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_mrr": self.best_mrr,
+            "epochs_trained": self.history[-1]["epoch"] if self.history else 0,
+            "stopped_early": self.stopped,
+            "seconds": round(self.seconds, 3),
+            "history": self.history,
+        }
 
 
 def _batch_loss(scorer: _Scorer, positives, num_entities: int, config: KGEConfig, generator):
@@ -280,64 +377,25 @@ def _batch_loss(scorer: _Scorer, positives, num_entities: int, config: KGEConfig
     negative = scorer.score(negatives[:, 0], negatives[:, 1], negatives[:, 2], entities).view(-1, config.negatives)
     if config.loss_name == "margin":
         return F.relu(config.margin - positive.unsqueeze(1) + negative).mean()
+    if config.loss_name == "nssa":
+        # TransE scores -distance, RotatE margin - distance (its margin is config.margin): both become margin - d.
+        offset = config.margin if config.model == "transe" else 0.0
+        positive, negative = positive + offset, negative + offset
+        weights = torch.softmax(negative.detach() * config.adversarial_temperature, dim=1)
+        positive_loss = -F.logsigmoid(positive).mean()
+        negative_loss = -(weights * F.logsigmoid(-negative)).sum(dim=1).mean()
+        return (positive_loss + negative_loss) / 2
     scores = torch.cat([positive, negative.reshape(-1)])
     labels = torch.cat([torch.ones_like(positive), -torch.ones_like(negative.reshape(-1))])
     return F.softplus(-labels * scores).mean()
 
 
-def link_prediction(scorer: _Scorer, graph: KnowledgeGraph, split: str, batch_size: int = 64) -> dict:
-    """Filtered rank-based metrics on ``split`` (see the module docstring), both directions."""
-    import torch
-
-    test = graph.split(split)
-    if not len(test):
-        raise GraphError(f"graph {graph.name} has no triples in split {split!r} to evaluate")
-    known_tails, known_heads = _known(graph.triples)
-    entities = scorer.entity_matrix() if scorer.encoder is not None else None
-    candidates = torch.arange(graph.num_entities)
-    ranks = {"head": [], "tail": []}
-    for start in range(0, len(test), batch_size):
-        batch = torch.as_tensor(test[start : start + batch_size], dtype=torch.long)
-        size = len(batch)
-        for side, column in (("head", 0), ("tail", 2)):
-            query = batch.repeat_interleave(graph.num_entities, dim=0)
-            query[:, column] = candidates.repeat(size)
-            scores = scorer.score(query[:, 0], query[:, 1], query[:, 2], entities).view(size, -1).double()
-            for row, (h, r, t) in enumerate(batch.tolist()):
-                true = h if side == "head" else t
-                others = (known_heads[(r, t)] if side == "head" else known_tails[(h, r)]) - {true}
-                if others:
-                    scores[row, list(others)] = float("-inf")
-            true_index = batch[:, column]
-            true_scores = scores.gather(1, true_index.unsqueeze(1))
-            optimistic = 1 + (scores > true_scores).sum(dim=1)
-            pessimistic = (scores >= true_scores).sum(dim=1)
-            ranks[side].append(((optimistic + pessimistic) / 2.0).numpy())
-    head, tail = np.concatenate(ranks["head"]), np.concatenate(ranks["tail"])
-    return {
-        "both": _rank_metrics(np.concatenate([head, tail])),
-        "head": _rank_metrics(head),
-        "tail": _rank_metrics(tail),
-        "triples": int(len(test)),
-        "split": split,
-    }
-
-
-def _known(triples: np.ndarray) -> tuple[dict, dict]:
-    """``{(head, relation): {tails}}`` and ``{(relation, tail): {heads}}`` over all triples (the filter)."""
-    tails, heads = {}, {}
-    for h, r, t in triples.tolist():
-        tails.setdefault((h, r), set()).add(t)
-        heads.setdefault((r, t), set()).add(h)
-    return tails, heads
-
-
-def _rank_metrics(ranks: np.ndarray) -> dict:
-    return {
-        "mr": float(ranks.mean()),
-        "mrr": float((1.0 / ranks).mean()),
-        **{f"hits_at_{k}": float((ranks <= k).mean()) for k in (1, 3, 10)},
-    }
+def link_prediction(
+    scorer: _Scorer, graph: KnowledgeGraph, split: str, eval_batch_size: int = 0, progress: bool = False
+) -> dict:
+    """Filtered rank-based metrics of ``scorer`` on ``split``, both directions, in blocks of at most
+    ``eval_batch_size`` scores (0: automatic); see :mod:`tessera.graphs.link_prediction`."""
+    return LinkPredictionEvaluator(graph, split, eval_batch_size).evaluate(scorer, progress)
 
 
 def embeddings_path(source: str, config: KGEConfig, plugins) -> Path:

@@ -35,13 +35,15 @@ class GraphLoader(ABC):
     summary: ClassVar[str] = ""
     #: What the argument after ``NAME:`` is (None: the loader takes no argument).
     argument_help: ClassVar[str | None] = None
+    #: True when the argument may be left out (``wn18rr`` or ``wn18rr:mirrored``).
+    argument_optional: ClassVar[bool] = False
     #: Bump when ``load()`` builds a different graph from the same input: cached graphs of older versions are stale.
     version: ClassVar[int] = 1
 
     def __init__(self, argument: str | None = None):
         if argument and self.argument_help is None:
             raise GraphError(f"graph source {self.name} takes no argument (got {self.name}:{argument})")
-        if not argument and self.argument_help is not None:
+        if not argument and self.argument_help is not None and not self.argument_optional:
             raise GraphError(f"graph source {self.name} needs an argument: {self.name}:<{self.argument_help}>")
         self.argument = argument
 
@@ -99,8 +101,12 @@ def load_graph(source: str, plugins, cache: bool = True, refresh: bool = False) 
     rewrites the cache.
     """
     loader = resolve(source, plugins)
-    if not cache:
-        return loader.load()
+    return loader.load() if not cache else load_cached(loader, refresh)
+
+
+def load_cached(loader: GraphLoader, refresh: bool = False) -> KnowledgeGraph:
+    """``loader``'s graph from its binary cache (once per process), parsed and cached when absent or stale (or
+    ``refresh``): what :func:`load_graph` does, for a loader built on another (``wn18rr`` on ``wordnet``)."""
     directory = cache_dir(loader)
     if refresh:
         _LOADED.pop(directory, None)
