@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
 import os
 import re
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 import tessera
 from tessera.core.errors import ConfigError, TesseraError
 from tessera.core.plugins import Plugins, discover
+
+log = logging.getLogger("tessera")
 
 #: Hydra flags that print information instead of running a job: no validation before them.
 _HYDRA_INFO_FLAGS = {
@@ -68,17 +71,17 @@ def search_path_override(plugins: Plugins, overrides: list[str]) -> list[str]:
     return [f"hydra.searchpath=[{','.join(entries)}]", *rest]  # first: Hydra's parser takes overrides before flags
 
 
-def compose_config(overrides: list[str], plugins: Plugins):
+def compose_config(overrides: list[str], plugins: Plugins, with_hydra: bool = False):
     """Compose ``tessera train``'s config with ``overrides`` and the plugins' config directories (no run
-    directory, no Hydra job)."""
+    directory, no Hydra job); ``with_hydra``: with Hydra's own node (``hydra.launcher``...)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = search_path_override(plugins, overrides)
     if GlobalHydra.instance().is_initialized():  # inside the Hydra application: its config module is loaded
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
     with initialize_config_module("tessera.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def _explain(error: Exception, overrides: list[str], plugins: Plugins) -> str:
@@ -112,7 +115,7 @@ def _explain(error: Exception, overrides: list[str], plugins: Plugins) -> str:
                 f"(or {parent_path}=[...,{leaf}] to stack it with others)"
             )
         rest = [o for o in overrides if not o.lstrip("+~").startswith((key + "=", key + "."))]
-        base = compose_config(rest, plugins)
+        base = compose_config(rest, plugins, with_hydra=key.startswith("hydra."))
         parent = OmegaConf.select(base, parent_path) if parent_path else base
         valid = sorted(parent.keys()) if hasattr(parent, "keys") else []
         close = difflib.get_close_matches(leaf, valid, n=1)
@@ -137,13 +140,15 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def validate(overrides: list[str], plugins: Plugins, multirun: bool = False) -> None:
-    """Compose and validate every job of the command; raise ``ConfigError`` / ``DataError`` on the first problem."""
+def validate(overrides: list[str], plugins: Plugins, multirun: bool = False) -> list:
+    """Compose and validate every job of the command; return their configs; raise ``ConfigError`` / ``DataError``
+    on the first problem."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from tessera.core import job
 
+    configs = []
     for overrides_of_job in _jobs(overrides, multirun):
         try:
             cfg = compose_config(overrides_of_job, plugins)
@@ -151,6 +156,37 @@ def validate(overrides: list[str], plugins: Plugins, multirun: bool = False) -> 
         except (HydraException, OmegaConfBaseException) as error:
             raise ConfigError(_explain(error, overrides_of_job, plugins)) from None
         job.validate(stages, plugins)
+        configs.append(cfg)
+    return configs
+
+
+def _launcher(overrides: list[str], plugins: Plugins):
+    """The config node of the Hydra launcher the command runs its jobs with (``hydra/launcher=joblib``...)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    first_job = _jobs(overrides, multirun=True)[0]
+    try:
+        return compose_config([*first_job, *hydra_overrides], plugins, with_hydra=True).hydra.launcher
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_explain(error, hydra_overrides, plugins)) from None
+
+
+def _with_thread_default(overrides: list[str], configs: list, plugins: Plugins) -> list[str]:
+    """``overrides`` plus ``trainer.num_threads=<cores // jobs at a time>`` when the launcher runs several jobs at
+    a time and no job sets its threads (:func:`tessera.core.sweep.threads_per_job`)."""
+    from tessera.core.sweep import threads_per_job
+
+    threads = threads_per_job(_launcher(overrides, plugins), configs)
+    if threads is None:
+        return overrides
+    print(
+        f"sweep: {len(configs)} jobs, trainer.num_threads={threads} each (the cores shared by the parallel jobs)",
+        file=sys.stderr,
+    )
+    last = max(i for i, o in enumerate(overrides) if not o.startswith("-"))  # Hydra wants overrides together
+    return [*overrides[: last + 1], f"trainer.num_threads={threads}", *overrides[last + 1 :]]
 
 
 def _warn(plugins: Plugins) -> None:
@@ -160,34 +196,80 @@ def _warn(plugins: Plugins) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def train(overrides: list[str]) -> int:
-    """``tessera train [hydra overrides]``: validate, then run the Hydra application, one :class:`Job` a run."""
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
+class JobTask:
+    """The Hydra task function of ``tessera train``: plan and run the job of one run or sweep job.
 
-    from tessera.core import job
+    It holds the command's plugins. Pickled for a launcher's worker process (joblib), it leaves them behind and the
+    worker discovers its own, from the same environment (Hydra hands the worker the ConfigStore). In a sweep a job
+    that fails is recorded (its ``run.json``, one line on stderr) and the sweep goes on with the others; a single
+    run's user error is one line and exit status 2.
+    """
+
+    def __init__(self, plugins: Plugins):
+        self.plugins = plugins
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.plugins = None
+
+    def __call__(self, cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from tessera.core import job
+
+        if self.plugins is None:
+            self.plugins = discover()
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        job_overrides = list(hydra_cfg.overrides.task)
+        sweep = hydra_cfg.mode == RunMode.MULTIRUN
+        try:
+            stages = job.plan(cfg, job_overrides, lambda o: compose_config(o, self.plugins), run_dir)
+            return job.Job(stages, run_dir, self.plugins, discard_refused=not sweep).run()
+        except TesseraError as error:
+            if not sweep:
+                _fail(error)
+            print(f"error: job {hydra_cfg.job.num} ({' '.join(job_overrides)}): {error}", file=sys.stderr)
+            _record_failure(run_dir, error)
+        except Exception as error:
+            if not sweep:
+                raise
+            log.exception("job %s (%s) failed", hydra_cfg.job.num, " ".join(job_overrides))
+            _record_failure(run_dir, error)
+        return None
+
+
+def _record_failure(run_dir: Path, error: Exception) -> None:
+    """Write a failed job's ``run.json`` unless its stages already did (it failed before they ran)."""
+    from tessera.core.pipeline import ended, status, write_status
+
+    if status(run_dir).get("status") != "failed":
+        state, details = ended(error, run_dir)
+        write_status(run_dir, state, **details)
+
+
+def train(overrides: list[str]) -> int:
+    """``tessera train [hydra overrides]``: validate, then run the Hydra application, one :class:`Job` a run (a
+    sweep's jobs through its launcher, then its summary: :mod:`tessera.core.sweep`)."""
+    import hydra
 
     plugins = discover()
     _warn(plugins)
     plugins.check_strict()
     prepare_hydra(plugins)
     if not _HYDRA_INFO_FLAGS.intersection(overrides):
+        multirun = bool({"-m", "--multirun"}.intersection(overrides))
         try:
-            validate(overrides, plugins, multirun=bool({"-m", "--multirun"}.intersection(overrides)))
+            configs = validate(overrides, plugins, multirun=multirun)
+            if multirun:
+                overrides = _with_thread_default(overrides, configs, plugins)
         except TesseraError as error:
             _fail(error)
 
-    @hydra.main(config_path="pkg://tessera.conf", config_name="config", version_base="1.3")
-    def task(cfg):
-        hydra_cfg = HydraConfig.get()
-        run_dir = Path(hydra_cfg.runtime.output_dir)
-        job_overrides = list(hydra_cfg.overrides.task)
-        try:
-            stages = job.plan(cfg, job_overrides, lambda o: compose_config(o, plugins), run_dir)
-            return job.Job(stages, run_dir, plugins).run()
-        except TesseraError as error:
-            _fail(error)
-
+    task = hydra.main(config_path="pkg://tessera.conf", config_name="config", version_base="1.3")(JobTask(plugins))
     sys.argv = ["tessera train", *search_path_override(plugins, overrides)]
     task()
     return 0

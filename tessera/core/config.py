@@ -264,6 +264,10 @@ TesseraConfig = make_dataclass(
     ],
     bases=(_CoreConfig,),
 )
+# Importable by name (make_dataclass on Python 3.11 files it under ``types``): pickled by reference, the schema crosses
+# to a launcher's worker processes and back without cloudpickle rebuilding the class, which replaced the fields'
+# ``dataclasses.MISSING`` sentinels with copies and broke every later ``store_schema`` in the process.
+TesseraConfig.__module__ = __name__
 
 
 def store_schema() -> None:

@@ -79,6 +79,15 @@ def evaluate_objectives(run, model, tokenizer, examples: list[dict], split: str)
     return metrics
 
 
+def ranking_metric(objectives: list) -> tuple[str, bool]:
+    """The test metric that ranks runs of ``objectives`` (classes or instances, in config order) against each other,
+    as :func:`evaluate_objectives` names it, and whether higher is better: the ``metric`` of the objective that
+    builds the training items."""
+    builder = next((o for o in objectives if not o.rides_along), objectives[0])
+    prefix = f"{builder.name}_" if len(objectives) > 1 else ""
+    return prefix + builder.metric, builder.higher_is_better
+
+
 def classification_metrics(labels: list[int], probabilities, label_names: list[str]) -> dict:
     """Accuracy, macro-F1, macro precision and recall, ROC AUC (one-vs-rest when more than two classes)."""
     import numpy as np

@@ -127,10 +127,13 @@ def _sigterm_interrupts():
 
 
 class Job:
-    """The stages of one job and the plugins they run with (the job owns them; nothing reaches for a global)."""
+    """The stages of one job and the plugins they run with (the job owns them; nothing reaches for a global).
+    ``discard_refused``: remove the run directory of a job its validation refuses (a sweep keeps its job's, so the
+    summary lists it)."""
 
-    def __init__(self, stages: list[Stage], run_dir: Path, plugins: Plugins):
+    def __init__(self, stages: list[Stage], run_dir: Path, plugins: Plugins, discard_refused: bool = True):
         self.stages, self.dir, self.plugins = stages, run_dir, plugins
+        self.discard_refused = discard_refused
 
     @property
     def multi_stage(self) -> bool:
@@ -143,7 +146,7 @@ class Job:
         try:
             validate(self.stages, self.plugins)
         except TesseraError:
-            if not resume:
+            if self.discard_refused and not resume:
                 discard_unstarted(self.dir)
             raise
         with _sigterm_interrupts():

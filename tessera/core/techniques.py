@@ -61,13 +61,16 @@ class Objective(Technique):
     ``causal-lm``); the run loads the model class that has the heads of all its objectives. ``needs_labels`` says
     whether the data must be labelled. An objective that ``rides_along`` (MLM) adds its targets to batches built by
     another objective in the same run, by :meth:`transform`; otherwise the first objective in config order builds
-    the items with :meth:`items`, and the others must accept them.
+    the items with :meth:`items`, and the others must accept them. ``metric`` names the test metric that ranks runs
+    of this objective against each other (a sweep's best job), ``higher_is_better`` its direction.
     """
 
     family = "objective"
     task: ClassVar[str]
     needs_labels: ClassVar[bool] = False
     rides_along: ClassVar[bool] = False
+    metric: ClassVar[str] = "loss"
+    higher_is_better: ClassVar[bool] = False
     Config = ObjectiveConfig
 
     @abstractmethod

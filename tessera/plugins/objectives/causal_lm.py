@@ -45,6 +45,7 @@ class CausalLM(Objective):
     name = "clm"
     task = "causal-lm"
     Config = CausalLMConfig
+    metric = "perplexity"
 
     def validate(self, composition):
         _requires_decoder(self, composition)
@@ -80,6 +81,8 @@ class Instruction(Objective):
     task = "causal-lm"
     needs_labels = True
     Config = InstructionConfig
+    metric = "exact_match"
+    higher_is_better = True
 
     def validate(self, composition):
         _requires_decoder(self, composition)

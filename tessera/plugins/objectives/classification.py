@@ -21,6 +21,8 @@ class Classification(Objective):
     task = "sequence-classification"
     needs_labels = True
     Config = ClassificationConfig
+    metric = "accuracy"
+    higher_is_better = True
 
     def items(self, examples, tokenizer, max_length, seed):
         encoded = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length)

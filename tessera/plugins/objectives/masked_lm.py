@@ -38,6 +38,8 @@ class MaskedLM(Objective):
     task = "masked-lm"
     rides_along = True
     Config = MaskedLMConfig
+    metric = "masked_accuracy"
+    higher_is_better = True
 
     def validate(self, composition):
         from tessera.core.errors import IncompatibleError

@@ -33,6 +33,8 @@ class _SentencePairs(Objective):
 
     task = "next-sentence"
     Config = SentencePairConfig
+    metric = "accuracy"
+    higher_is_better = True
 
     def validate(self, composition):
         from tessera.core.errors import IncompatibleError
