@@ -168,3 +168,12 @@ def test_an_export_removes_what_a_killed_export_left_behind(tmp_path):
         (partial / "config.json").write_text("{}")
     assert not left.exists() and (tmp_path / "export" / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_settings_that_a_later_tessera_added_do_not_stop_a_resume(tmp_path):
+    from tessera.core.errors import ConfigError
+    from tessera.core.trainer import refuse_another_config
+
+    refuse_another_config(tmp_path, {"trainer.epochs": 3}, {"trainer.epochs": 3, "tune.trials": 20})
+    with pytest.raises(ConfigError, match=r"trainer.epochs: 3 -> 4"):
+        refuse_another_config(tmp_path, {"trainer.epochs": 3}, {"trainer.epochs": 4, "tune.trials": 20})

@@ -129,8 +129,9 @@ def config_fingerprint(cfg) -> dict:
 
 def refuse_another_config(path: Path, recorded: dict, current: dict) -> None:
     """Raise a ``ConfigError`` when the checkpoint ``path`` was written with another config fingerprint than
-    ``current`` (:func:`config_fingerprint`), naming the first keys that differ."""
-    changed = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+    ``current`` (:func:`config_fingerprint`), naming the first keys that differ. Keys the checkpoint does not
+    record are settings that a later tessera added: they do not stop a resume."""
+    changed = sorted(k for k in recorded if recorded[k] != current.get(k))
     if changed:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
         raise ConfigError(
