@@ -165,7 +165,7 @@ def train(overrides: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from tessera.core import job
+    from tessera.core import distributed, job
 
     plugins = discover()
     _warn(plugins)
@@ -183,11 +183,16 @@ def train(overrides: list[str]) -> int:
         run_dir = Path(hydra_cfg.runtime.output_dir)
         job_overrides = list(hydra_cfg.overrides.task)
         try:
+            if distributed.needs_launch(cfg):
+                searchpath = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
+                return distributed.launch(cfg, [*job_overrides, *searchpath], run_dir)
             stages = job.plan(cfg, job_overrides, lambda o: compose_config(o, plugins), run_dir)
             return job.Job(stages, run_dir, plugins).run()
         except TesseraError as error:
             _fail(error)
 
+    if distributed.launched():
+        overrides = distributed.rank_overrides(distributed.agreed_run_dir(overrides))
     sys.argv = ["tessera train", *search_path_override(plugins, overrides)]
     task()
     return 0
