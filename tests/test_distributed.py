@@ -145,3 +145,31 @@ def test_two_processes_resume_to_the_result_of_one(killed_then_resumed, one_proc
     np.testing.assert_allclose(*probabilities, atol=1e-3)
     assert "effective batch size 16 (batch_size 8 x 2 processes" in (run_dir / "train.log").read_text()
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in one_process.iterdir())
+
+
+@pytest.mark.slow
+def test_the_training_families_run_together_on_two_processes(tmp_path):
+    """An adversary, an augmenter, knowledge injection and an adapter that allocates its ranks from the gradients
+    (AdaLoRA), in one run on two processes: both ranks end with the same weights."""
+    env = probe_env(tmp_path, "families")
+    run_dir = tmp_path / "run"
+    families = ["adversary=fgm", "augment=eda", "kg=text_injection", "adapter=adalora"]
+    two = [
+        "experiment=smoke",
+        "trainer.processes=2",
+        "trainer.batch_size=8",
+        "data.limit_train=96",
+        "data.limit_eval=48",
+    ]
+    result = tessera("train", *two, *families, f"hydra.run.dir={run_dir}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [path.read_text() for path in Path(env["DIGEST_DIR"]).iterdir()]
+    assert len(digests) == 2 and len(set(digests)) == 1
+    assert load_json(run_dir / "run.json")["composition"] == {
+        "objective": ["classification"],
+        "adapter": ["adalora"],
+        "augment": ["eda"],
+        "adversary": ["fgm"],
+        "kg": ["text_injection"],
+    }
+    assert (run_dir / "augment" / "eda.json").is_file() and (run_dir / "export" / "config.json").is_file()
