@@ -162,21 +162,23 @@ def from_main(value):
 
 
 def agreed_run_dir(overrides: list[str]) -> list[str]:
-    """``overrides`` with one ``hydra.run.dir`` for every rank of a user's torchrun launch that gave none (rank 0
-    picks Hydra's default, ``outputs/<date>/<time>``, and tells the others through a short-lived gloo group)."""
+    """``overrides`` with one ``hydra.run.dir`` for every rank of a user's torchrun launch that gave none: rank 0
+    picks Hydra's default, ``outputs/<date>/<time>``, and tells the others through torchrun's own key-value store."""
     if not launched() or any(o.startswith("hydra.run.dir=") for o in overrides):
         return list(overrides)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        raise ConfigError(
+            "this launcher gives the ranks no shared store to agree on a run directory: add hydra.run.dir=DIR"
+        )
     import time
 
-    import torch.distributed as dist
+    from torch.distributed import TCPStore
 
-    dist.init_process_group("gloo")
-    try:
-        chosen = [str(Path("outputs", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S")).absolute())]
-        dist.broadcast_object_list(chosen, src=0)
-    finally:
-        dist.destroy_process_group()
-    return [*overrides, f"hydra.run.dir={chosen[0]}"]
+    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    key = f"tessera/run_dir/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if is_main():
+        store.set(key, str(Path("outputs", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S")).absolute()))
+    return [*overrides, f"hydra.run.dir={store.get(key).decode()}"]
 
 
 def rank_overrides(overrides: list[str]) -> list[str]:
