@@ -16,7 +16,8 @@ Reported: the samples per second of each contender per repeat and their medians;
 ``scaling_efficiency`` (two processes over twice one single-threaded process: 1.0 is linear scaling). The
 contenders run interleaved in each repeat; on a shared machine read the paired ratios, not the absolute numbers.
 
-Usage: ``.venv/bin/python bench/distributed.py [--steps N] [--repeats N] [--batch N]``. One JSON object is printed on
+Usage: ``.venv/bin/python bench/distributed.py [--steps N] [--repeats N] [--batch N]``, on a machine with at least
+2 free cores and without ``taskset`` limiting the script to one core (the contenders would then share it). One JSON object is printed on
 stdout; progress goes to stderr.
 """
 

@@ -109,6 +109,12 @@ def test_bad_process_settings_are_refused(overrides, message):
         validate(["experiment=smoke", *overrides], plugins())
 
 
+def test_a_process_count_other_than_the_launchers_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="trainer.processes=3 but the launcher started 2 processes"):
+        validate(["experiment=smoke", "trainer.processes=3"], plugins())
+
+
 def test_federated_stages_are_refused_on_several_processes():
     with pytest.raises(IncompatibleError, match="aggregator=fedavg cannot be combined with trainer.processes=2"):
         validate(["experiment=smoke", "aggregator=fedavg", "trainer.processes=2"], plugins())
