@@ -3,7 +3,8 @@
 User errors (:class:`~tessera.core.errors.TesseraError`, bad config overrides) print one line ``error: ...`` and
 exit with status 2. ``tessera train`` discovers the plugins once (:func:`tessera.core.plugins.discover`), composes
 and validates every job of the command (all combinations of a ``-m`` sweep) before Hydra creates any run
-directory, then hands each job to :class:`tessera.core.job.Job` with those plugins.
+directory, then hands each job to :class:`tessera.core.job.Job` with those plugins (a job with ``trainer.processes``
+above 1 to torchrun first, which runs it on that many ranks: :mod:`tessera.core.distributed`).
 """
 
 from __future__ import annotations
@@ -192,7 +193,10 @@ def train(overrides: list[str]) -> int:
             _fail(error)
 
     if distributed.launched():
-        overrides = distributed.rank_overrides(distributed.agreed_run_dir(overrides))
+        try:
+            overrides = distributed.rank_overrides(distributed.agreed_run_dir(overrides))
+        except TesseraError as error:
+            _fail(error)
     sys.argv = ["tessera train", *search_path_override(plugins, overrides)]
     task()
     return 0

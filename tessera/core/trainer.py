@@ -7,6 +7,10 @@ A checkpoint holds the trainable weights, the optimizer, the schedule, the RNG s
 epoch, so ``resume=true`` continues a killed run to the same result as an uninterrupted one.
 
 The checkpoint format and its atomic writes are in :mod:`tessera.core.checkpoints`.
+
+On several processes (``trainer.processes``, :mod:`tessera.core.distributed`) accelerate wraps the model in DDP (or
+FSDP); each rank trains on its share of every step's batch, rank 0 alone validates and writes the checkpoints, and
+every rank resumes from the same one.
 """
 
 from __future__ import annotations
