@@ -15,27 +15,43 @@ _PAD_VALUES = {"token_type_ids": 0, "attention_mask": 0}
 IGNORE_INDEX = -100
 
 
-def batch_order(items: list[dict], batch_size: int, seed: int, epoch: int, group_by_length: bool):
+def batch_order(
+    items: list[dict],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+    processes: int = 1,
+    rank: int = 0,
+):
     """The batches (lists of item indices) of one epoch: shuffled from ``seed`` and ``epoch``.
 
     With ``group_by_length``, indices are sorted by length inside chunks of 50 batches (as the Hugging Face
     ``LengthGroupedSampler`` does) and the batches are shuffled again, so padding shrinks but every epoch still sees
     each item once in a random order.
+
+    With several ``processes``, the epoch is cut into batches of ``batch_size x processes`` items, and ``rank``
+    gets every ``processes``-th item of each (its share, of similar lengths as the others'): each item is seen once
+    per epoch across the ranks. When the items do not divide by ``processes``, the first ones of the shuffled order
+    are repeated to fill the last batch (at most ``processes - 1``, as torch's ``DistributedSampler`` does), so that
+    every rank takes the same number of steps.
     """
     rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(items)))
     rng.shuffle(order)
+    order += order[: -len(order) % processes] if processes > 1 else []
+    step = batch_size * processes
     if group_by_length:
-        chunk = 50 * batch_size
+        chunk = 50 * step
         order = [
             index
             for start in range(0, len(order), chunk)
             for index in sorted(order[start : start + chunk], key=lambda i: -len(items[i]["input_ids"]))
         ]
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = [order[start : start + step] for start in range(0, len(order), step)]
     if group_by_length:
         rng.shuffle(batches)
-    return batches
+    return [batch[rank::processes] for batch in batches] if processes > 1 else batches
 
 
 def sequential_batches(items: list[dict], batch_size: int):

@@ -3,7 +3,8 @@
 User errors (:class:`~tessera.core.errors.TesseraError`, bad config overrides) print one line ``error: ...`` and
 exit with status 2. ``tessera train`` discovers the plugins once (:func:`tessera.core.plugins.discover`), composes
 and validates every job of the command (all combinations of a ``-m`` sweep) before Hydra creates any run
-directory, then hands each job to :class:`tessera.core.job.Job` with those plugins.
+directory, then hands each job to :class:`tessera.core.job.Job` with those plugins (a job with ``trainer.processes``
+above 1 to torchrun first, which runs it on that many ranks: :mod:`tessera.core.distributed`).
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ class JobTask:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from tessera.core import job
+        from tessera.core import distributed, job
 
         if self.plugins is None:
             self.plugins = discover()
@@ -227,6 +228,9 @@ class JobTask:
         job_overrides = list(hydra_cfg.overrides.task)
         sweep = hydra_cfg.mode == RunMode.MULTIRUN
         try:
+            if distributed.needs_launch(cfg):
+                searchpath = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
+                return distributed.launch(cfg, [*job_overrides, *searchpath], run_dir)
             stages = job.plan(cfg, job_overrides, lambda o: compose_config(o, self.plugins), run_dir)
             return job.Job(stages, run_dir, self.plugins, discard_refused=not sweep).run()
         except TesseraError as error:
@@ -256,6 +260,8 @@ def train(overrides: list[str]) -> int:
     sweep's jobs through its launcher, then its summary: :mod:`tessera.core.sweep`)."""
     import hydra
 
+    from tessera.core import distributed
+
     plugins = discover()
     _warn(plugins)
     plugins.check_strict()
@@ -270,6 +276,12 @@ def train(overrides: list[str]) -> int:
             _fail(error)
 
     task = hydra.main(config_path="pkg://tessera.conf", config_name="config", version_base="1.3")(JobTask(plugins))
+
+    if distributed.launched():
+        try:
+            overrides = distributed.rank_overrides(distributed.agreed_run_dir(overrides))
+        except TesseraError as error:
+            _fail(error)
     sys.argv = ["tessera train", *search_path_override(plugins, overrides)]
     task()
     return 0

@@ -78,8 +78,13 @@ class TrainerConfig:
     #: Write a resumable checkpoint every N optimizer steps (0: only at the end of each epoch).
     checkpoint_every: int = 100
     keep_checkpoints: int = 1
-    #: torch threads; null keeps torch's default.
+    #: torch threads; null keeps torch's default (with several CPU processes: the cores shared among them).
     num_threads: Optional[int] = None
+    #: Processes that train together (DDP or FSDP through accelerate; docs/distributed.md): more than 1 starts
+    #: ``tessera train`` under torchrun, one process a CPU share or a GPU. Under a user's torchrun: its world size.
+    processes: int = 1
+    #: ``ddp`` (every rank holds the whole model) or ``fsdp`` (parameters sharded across the GPUs; CUDA only).
+    strategy: str = "ddp"
 
 
 @dataclass

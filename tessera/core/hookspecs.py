@@ -20,7 +20,8 @@ registered first; ``tryfirst=True`` / ``trylast=True`` move an implementation to
 values are ignored. An exception in an event hook fails the run: a logger that must never fail should catch its
 own errors. Every event receives ``run``, the :class:`tessera.core.run.Run` of the current run, one stage of the
 job (its resolved config ``run.cfg``, its directory ``run.dir`` and its selected techniques ``run.techniques``).
-tessera calls them through the typed methods of :class:`tessera.core.run.Events`.
+On several processes (``trainer.processes``, docs/distributed.md) the events fire on every rank; a plugin that writes
+files or logs does so only where ``run.is_main`` is true (rank 0, or the only process). tessera calls them through the typed methods of :class:`tessera.core.run.Events`.
 """
 
 import pluggy

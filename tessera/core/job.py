@@ -26,6 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from tessera.core import distributed
 from tessera.core.errors import ConfigError, TesseraError
 from tessera.core.files import write_json, write_text
 from tessera.core.pipeline import ended, execute, prepare, status, write_status
@@ -146,9 +147,13 @@ class Job:
         try:
             validate(self.stages, self.plugins)
         except TesseraError:
-            if self.discard_refused and not resume:
+            if self.discard_refused and not resume and distributed.is_main():
                 discard_unstarted(self.dir)
             raise
+        if distributed.launched():
+            from tessera.core.trainer import resolve_device
+
+            distributed.start(resolve_device(self.stages[0].cfg.trainer)[0])
         with _sigterm_interrupts():
             if not self.multi_stage:
                 return self._run_stage(self.stages[0])
@@ -169,8 +174,9 @@ class Job:
                 state, details = ended(error, stage.dir)
                 write_status(self.dir, state, stage=stage.name, stages=self._statuses(), **details)
                 raise
-        write_json(self.dir / "metrics.json", {"stages": results})
-        write_text(self.dir / "report.md", comparison(results))
+        if distributed.is_main():
+            write_json(self.dir / "metrics.json", {"stages": results})
+            write_text(self.dir / "report.md", comparison(results))
         write_status(self.dir, "complete", stages=self._statuses(), test=results)
         return results
 
@@ -187,7 +193,7 @@ class Job:
             start = self.dir / "stages" / stage.init / "export"
             cfg = OmegaConf.merge(cfg, {"model": {"pretrained": str(start), "random_init": False}})
         stage.dir.mkdir(parents=True, exist_ok=True)
-        if self.multi_stage:
+        if self.multi_stage and distributed.is_main():
             write_text(stage.dir / "config.yaml", OmegaConf.to_yaml(cfg))
         position = self.stages.index(stage)
         run, splits = prepare(

@@ -6,6 +6,9 @@ assets) and returns the stage's :class:`~tessera.core.run.Run`; :func:`execute` 
 directory records its state in ``run.json``: ``running`` while it works, then ``complete``, ``failed`` (with the
 error) or ``interrupted`` (with what ``resume=true`` will do); ``metrics.json`` and ``export/`` appear only when it
 completes. The job (:mod:`tessera.core.job`) decides which stages run and where.
+
+On several processes (:mod:`tessera.core.distributed`) every rank builds the data and the model and trains; rank 0
+alone evaluates, compresses, exports and writes the stage's files, and every rank waits for it at the stage's end.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from tessera.core import distributed
 from tessera.core.compression import HUGGINGFACE, weights_on_disk
 from tessera.core.data import Splits, load_splits
 from tessera.core.export import fold_adapters, model_card, write_export
@@ -48,6 +52,7 @@ def prepare(
 
     composition = compose(cfg, plugins, earlier_stages, earlier_bases)
     check_trainer(cfg.trainer)
+    distributed.check_composition(composition, cfg.trainer)
     splits = load_splits(cfg.data, labelled=composition.needs_labels)
     if composition.selected("aggregator"):
         from tessera.federated.partition import check_clients
@@ -67,8 +72,10 @@ def status(directory: Path) -> dict:
 
 
 def write_status(directory: Path, state: str, **details) -> None:
-    """Write ``run.json`` of a stage or job directory: ``{"status": state, **details}``, atomically."""
-    write_json(directory / STATUS_FILE, {"status": state, **details})
+    """Write ``run.json`` of a stage or job directory: ``{"status": state, **details}``, atomically (rank 0 alone
+    on several processes)."""
+    if distributed.is_main():
+        write_json(directory / STATUS_FILE, {"status": state, **details})
 
 
 def ended(error: BaseException, directory: Path) -> tuple[str, dict]:
@@ -97,9 +104,13 @@ def execute(run: Run, splits: Splits) -> dict:
     from tessera.core.evaluate import markdown_report
 
     timings: dict[str, float] = {}
-    write_status(run.dir, "running", composition=run.composition.describe())
+    main = distributed.is_main()
+    training = {} if run.composition.selected("ensemble") else {"training": distributed.describe_batch(run.cfg.trainer)}
+    write_status(run.dir, "running", composition=run.composition.describe(), **training)
     try:
-        if run.composition.selected("ensemble"):
+        if run.composition.selected("ensemble") and not main:
+            metrics, record = {}, {}  # rank 0 alone combines the members
+        elif run.composition.selected("ensemble"):
             from tessera.core.ensembling import ensemble_stage
 
             metrics, record = ensemble_stage(run, splits, timings)
@@ -115,11 +126,20 @@ def execute(run: Run, splits: Splits) -> dict:
         run.events.run_end(state, {})
         raise
     timings["total"] = sum(timings.values())
-    write_json(run.dir / "metrics.json", {"test": metrics, **record, "seconds": timings})
-    write_text(run.dir / "report.md", markdown_report(run.composition.describe(), metrics, timings))
-    write_status(run.dir, "complete", composition=run.composition.describe(), test=metrics, seconds=timings["total"])
+    if main:
+        write_json(run.dir / "metrics.json", {"test": metrics, **training, **record, "seconds": timings})
+        write_text(run.dir / "report.md", markdown_report(run.composition.describe(), metrics, timings))
+    write_status(
+        run.dir,
+        "complete",
+        composition=run.composition.describe(),
+        **training,
+        test=metrics,
+        seconds=timings["total"],
+    )
     run.events.run_end("complete", metrics)
-    return metrics
+    distributed.barrier()  # the next stage may start from this one's export
+    return distributed.from_main(metrics)
 
 
 @dataclass
@@ -193,6 +213,8 @@ def _training_stage(run: Run, splits: Splits, timings: dict) -> tuple[dict, dict
 
         trainer = Trainer(run, model, items, tokenizer, validate)
         model = trainer.fit()
+    if not distributed.is_main():
+        return {}, {}  # rank 0 alone evaluates, compresses and exports
     metrics = evaluate_test(run, model, tokenizer, built.test, timings)
     metrics, record = export_model(run, model, tokenizer, items, built.test, metrics, timings)
     return metrics, {**record, "steps": run.total_steps, **trainer.history}

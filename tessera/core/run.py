@@ -164,6 +164,14 @@ class Run:
         return self.composition.cfg
 
     @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files and logs: rank 0 of a run on several processes (the events
+        fire on every rank; plugins that write check this), or the only process."""
+        from tessera.core.distributed import is_main
+
+        return is_main()
+
+    @property
     def techniques(self) -> dict[str, list[Technique]]:
         """The selected techniques by family, in config order."""
         return self.composition.techniques

@@ -34,6 +34,8 @@ class Technique(ABC):
     family: ClassVar[str]
     name: ClassVar[str]
     Config: ClassVar[type] = TechniqueConfig
+    #: Why this technique cannot run with ``trainer.processes`` > 1 (refused before any work), or None: it can.
+    not_distributed: ClassVar[Optional[str]] = None
 
     def __init__(self, config: Any):
         self.config = config
@@ -276,6 +278,10 @@ class Aggregator(Technique):
     aggregator's strategy merges what they send back (their trainable parameters only)."""
 
     family = "aggregator"
+    not_distributed = (
+        "a federated stage trains its clients one after another in one process (tessera's in-process Flower grid): "
+        "run it with trainer.processes=1, or across machines with tessera federate"
+    )
     #: Whether the aggregate depends on the clients' updates only through their (weighted) sum, so that secure
     #: aggregation, which hides every single update, can compute it (FedAvg yes; Krum, the median no).
     sum_only: ClassVar[bool] = True

@@ -7,6 +7,10 @@ A checkpoint holds the trainable weights, the optimizer, the schedule, the RNG s
 epoch, so ``resume=true`` continues a killed run to the same result as an uninterrupted one.
 
 The checkpoint format and its atomic writes are in :mod:`tessera.core.checkpoints`.
+
+On several processes (``trainer.processes``, :mod:`tessera.core.distributed`) accelerate wraps the model in DDP (or
+FSDP); each rank trains on its share of every step's batch, rank 0 alone validates and writes the checkpoints, and
+every rank resumes from the same one.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessera.core import checkpoints
+from tessera.core import checkpoints, distributed
 from tessera.core.batching import batch_order, collate, model_inputs
 from tessera.core.errors import ConfigError
 from tessera.core.run import Run
@@ -88,6 +93,25 @@ def resolve_device(trainer_cfg) -> tuple[str, str]:
 SCHEDULERS = ("linear", "cosine", "constant")
 
 
+def _accelerator(trainer_cfg, device: str, mixed_precision: str, processes: int):
+    """accelerate's ``Accelerator`` for the run: one process, DDP across the ranks (parameters that a step leaves
+    without a gradient allowed: objectives and adapters may use part of a model), or FSDP (CUDA only)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    if processes < 2:
+        return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    distributed.start(device)
+    if trainer_cfg.strategy == "fsdp":
+        from accelerate import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=1, state_dict_type="FULL_STATE_DICT", use_orig_params=True, sync_module_states=True
+        )
+        return Accelerator(mixed_precision=mixed_precision, fsdp_plugin=plugin)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision, kwargs_handlers=[ddp])
+
+
 def _release_other_precision(mixed_precision: str) -> None:
     """Forget accelerate's process-wide state when an earlier run of this process chose another mixed precision
     (accelerate refuses to change it otherwise: several runs in one process, as tests and sweeps do)."""
@@ -98,8 +122,10 @@ def _release_other_precision(mixed_precision: str) -> None:
 
 
 def check_trainer(trainer_cfg) -> None:
-    """Refuse trainer settings that cannot work, before any heavy work (device, precision, schedule, sizes)."""
-    resolve_device(trainer_cfg)
+    """Refuse trainer settings that cannot work, before any heavy work (device, precision, schedule, sizes,
+    processes)."""
+    device, _ = resolve_device(trainer_cfg)
+    distributed.check_processes(trainer_cfg, device)
     if trainer_cfg.scheduler not in SCHEDULERS:
         raise ConfigError(f"trainer.scheduler={trainer_cfg.scheduler} is not one of {', '.join(SCHEDULERS)}")
     for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps"):
@@ -141,8 +167,10 @@ def refuse_another_config(path: Path, recorded: dict, current: dict) -> None:
 
 
 def planned_steps(trainer_cfg, train_examples: int) -> int:
-    """The optimizer steps of a run: ``trainer.max_steps``, or epochs x steps per epoch."""
-    batches_per_epoch = math.ceil(train_examples / trainer_cfg.batch_size)
+    """The optimizer steps of a run: ``trainer.max_steps``, or epochs x steps per epoch (an epoch's examples shared
+    among the processes, :func:`tessera.core.batching.batch_order`)."""
+    processes = distributed.process_count(trainer_cfg)
+    batches_per_epoch = math.ceil(math.ceil(train_examples / processes) / trainer_cfg.batch_size)
     per_epoch = math.ceil(batches_per_epoch / trainer_cfg.gradient_accumulation_steps)
     return trainer_cfg.max_steps or per_epoch * trainer_cfg.epochs
 
@@ -178,17 +206,20 @@ class Trainer:
         loss seam, and the round writes no checkpoint, validates nothing, fires no event and leaves
         ``run.total_steps`` alone (the federation owns them)."""
         import torch
-        from accelerate import Accelerator
         from transformers import get_scheduler
 
         self.run, self.train, self.tokenizer, self.validate = run, train, tokenizer, validate
         self.local = local
         self.cfg = local.trainer if local else run.cfg.trainer
+        device, mixed_precision = resolve_device(self.cfg)
+        #: The processes training together, and this one's rank (docs/distributed.md).
+        self.processes, self.rank = distributed.process_count(self.cfg), distributed.rank()
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
-        device, mixed_precision = resolve_device(self.cfg)
+        elif self.processes > 1 and device == "cpu":
+            torch.set_num_threads(distributed.threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         _release_other_precision(mixed_precision)
-        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+        self.accelerator = _accelerator(self.cfg, device, mixed_precision, self.processes)
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         groups = _param_groups(
@@ -235,7 +266,8 @@ class Trainer:
         import torch
 
         batch = collate(self.train, indices, self.tokenizer.pad_token_id, self.accelerator.device)
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + position)
+        place = position * self.processes + self.rank  # each rank's share of a step draws its own masks
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + place)
         for objective in self.objectives:
             batch = objective.transform(batch, self.tokenizer, generator)
         return batch
@@ -259,7 +291,7 @@ class Trainer:
         if self.cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         if not self.local:
-            self.run.events.before_optimizer_step(self.model, self.global_step + 1)
+            self.run.events.before_optimizer_step(self.unwrapped(), self.global_step + 1)
 
     # --- loop ----------------------------------------------------------------------------------------------
 
@@ -269,13 +301,21 @@ class Trainer:
             return self._fit_round()
         if self.run.cfg.resume:
             self._restore()
-        else:
+        elif self.accelerator.is_main_process:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)  # an earlier run's, in a reused directory
         self.run.start_step = self.global_step
+        batch = distributed.describe_batch(self.cfg)
+        log.info(
+            "effective batch size %d (batch_size %d x %d processes x %d gradient accumulation steps)",
+            batch["effective_batch_size"],
+            self.cfg.batch_size,
+            self.processes,
+            self.cfg.gradient_accumulation_steps,
+        )
         self.run.events.run_start()
         accumulation = self.cfg.gradient_accumulation_steps
         while self.epoch < self.cfg.epochs and not self._finished():
-            batches = batch_order(self.train, self.cfg.batch_size, self.cfg.seed, self.epoch, self.cfg.group_by_length)
+            batches = self._batches()
             self.model.train()
             losses, samples, started = [], 0, time.perf_counter()
             for position in range(self.batches_done, len(batches)):
@@ -294,9 +334,9 @@ class Trainer:
                 self.batches_done = position + 1
                 elapsed = time.perf_counter() - started
                 metrics = {
-                    "loss": sum(losses) / len(losses),
+                    "loss": self._mean_across_ranks(sum(losses) / len(losses)),
                     "lr": self.scheduler.get_last_lr()[0],
-                    "samples_per_second": samples / elapsed if elapsed > 0 else 0.0,
+                    "samples_per_second": samples * self.processes / elapsed if elapsed > 0 else 0.0,
                     "epoch": self.epoch + self.batches_done / len(batches),
                 }
                 self.history["train"].append({"step": self.global_step, **metrics})
@@ -308,18 +348,63 @@ class Trainer:
                     self._checkpoint()
             else:
                 self.epoch, self.batches_done = self.epoch + 1, 0
-                validation = self.validate(self.model)
+                validation = distributed.from_main(self._validation())
                 self.history["validation"].append({"epoch": self.epoch, **validation})
                 self.run.events.epoch_end(self.epoch, validation)
                 self._checkpoint()
+        if self.fsdp:
+            return self._gathered_model()
         return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+
+    @property
+    def fsdp(self) -> bool:
+        """Whether the model is sharded across the ranks (``trainer.strategy=fsdp`` on several processes)."""
+        return self.processes > 1 and self.cfg.strategy == "fsdp"
+
+    def _gathered_model(self):
+        """Under FSDP: a copy of the trained model with its whole parameters on rank 0 (every rank takes part in
+        the gathering; the others get None)."""
+        import copy
+
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(self.model, writeback=False, offload_to_cpu=True):
+            inner = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+            return copy.deepcopy(inner) if self.accelerator.is_main_process else None
+
+    def unwrapped(self):
+        """The model being trained, without accelerate's DDP / FSDP wrapper (what plugins and validation see)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def _batches(self) -> list[list[int]]:
+        """This rank's batches of the current epoch."""
+        cfg = self.cfg
+        return batch_order(
+            self.train, cfg.batch_size, cfg.seed, self.epoch, cfg.group_by_length, self.processes, self.rank
+        )
+
+    def _validation(self) -> dict | None:
+        """The validation metrics of the epoch: rank 0 validates the model (every rank, through the FSDP wrapper,
+        under FSDP, whose parameters are sharded across the ranks); None on the other ranks."""
+        if self.processes > 1 and self.cfg.strategy == "fsdp":
+            return self.validate(self.model)
+        return self.validate(self.unwrapped()) if self.accelerator.is_main_process else None
+
+    def _mean_across_ranks(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (``value`` itself in one process)."""
+        if self.processes < 2:
+            return value
+        import torch
+
+        tensor = torch.tensor(value, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="mean").item()
 
     def _fit_round(self):
         """A federated client's local training: the round's epochs (or steps), nothing written, no event."""
         self.model.train()
         losses = []
         while self.epoch < self.cfg.epochs and not self._finished():
-            batches = batch_order(self.train, self.cfg.batch_size, self.cfg.seed, self.epoch, self.cfg.group_by_length)
+            batches = self._batches()
             for position, indices in enumerate(batches):
                 batch = self.make_batch(indices, position)
                 loss = self.compute_loss(batch)
@@ -352,8 +437,8 @@ class Trainer:
         import torch
         from safetensors.torch import save
 
-        if not self.accelerator.is_main_process:
-            return
+        if not self.accelerator.is_main_process or self.fsdp:
+            return  # under FSDP no checkpoint is written (docs/distributed.md: FSDP)
         final = self.checkpoint_dir / f"step-{self.global_step:07d}"
         if final.exists():
             return
@@ -387,8 +472,10 @@ class Trainer:
 
     def _restore(self) -> None:
         """Load the newest checkpoint that reads back; remove unfinished ones and unreadable ones (with a warning).
-        Logs one line saying what the run resumes from, or that it starts from step 0."""
-        if self.checkpoint_dir.is_dir():
+        Logs one line saying what the run resumes from, or that it starts from step 0. On several processes every
+        rank loads the same checkpoint and rank 0 alone removes."""
+        main = self.accelerator.is_main_process
+        if self.checkpoint_dir.is_dir() and main:
             for unfinished in checkpoints.unfinished(self.checkpoint_dir):
                 log.info("removing the unfinished checkpoint %s", self._shown(unfinished))
                 shutil.rmtree(unfinished, ignore_errors=True)
@@ -400,7 +487,8 @@ class Trainer:
                 self._check_trainable(loaded["trainable"])
             except checkpoints.UnreadableCheckpoint as error:
                 log.warning("skipping the unreadable checkpoint %s (%s): removed", self._shown(path), error)
-                shutil.rmtree(path, ignore_errors=True)
+                if main:
+                    shutil.rmtree(path, ignore_errors=True)
                 continue
             self._load(loaded)
             log.info("resuming from %s (%s)", self._shown(path), self._describe_position())

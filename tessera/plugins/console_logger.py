@@ -1,5 +1,5 @@
 """Built-in console logger: a rich progress bar with loss and throughput (of a federation: of its rounds), and
-the metrics of each evaluation."""
+the metrics of each evaluation. On several processes, rank 0 alone shows them."""
 
 from tessera import hookimpl
 
@@ -8,6 +8,8 @@ _PROGRESS_KEY = "console.progress"
 
 @hookimpl
 def tessera_run_start(run):
+    if not run.is_main:
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -25,12 +27,16 @@ def tessera_run_start(run):
 
 @hookimpl
 def tessera_step_end(run, step, metrics):
+    if _PROGRESS_KEY not in run.state:
+        return
     progress, task = run.state[_PROGRESS_KEY]
     progress.update(task, completed=step, loss=metrics["loss"], speed=metrics["samples_per_second"])
 
 
 @hookimpl
 def tessera_epoch_end(run, epoch, metrics):
+    if _PROGRESS_KEY not in run.state:
+        return
     progress, _ = run.state[_PROGRESS_KEY]
     shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, float))
     progress.console.print(f"epoch {epoch}: validation {shown}")
@@ -38,6 +44,8 @@ def tessera_epoch_end(run, epoch, metrics):
 
 @hookimpl
 def tessera_federated_round_end(run, round, metrics):
+    if _PROGRESS_KEY not in run.state:
+        return
     progress, task = run.state[_PROGRESS_KEY]
     progress.update(task, completed=round, loss=metrics["train"].get("train_loss", float("nan")))
     shown = "  ".join(f"{key} {value:.4f}" for key, value in metrics["validation"].items() if isinstance(value, float))

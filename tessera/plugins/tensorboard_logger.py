@@ -1,11 +1,21 @@
 """Built-in TensorBoard logger, under ``<run>/tensorboard``: training scalars per step (``train/*``), validation
 metrics per epoch (``validation/*``, from ``tessera_epoch_end``), a federation's rounds (``round/*``: validation,
 aggregated training metrics, clients answered and bytes moved, per round) and the test metrics at the last step
-(``test/*``)."""
+(``test/*``). On several processes, rank 0 alone writes."""
 
 from tessera import hookimpl
 
 _WRITER_KEY = "tensorboard.writer"
+
+
+class _Skipped:
+    """The writer of a rank other than 0: adds nothing."""
+
+    def add_scalar(self, *args) -> None:
+        pass
+
+
+_SKIPPED = _Skipped()
 
 
 def _scalars(metrics: dict) -> dict:
@@ -15,6 +25,9 @@ def _scalars(metrics: dict) -> dict:
 
 
 def _writer(run):
+    """The run's writer (on a rank other than 0, one that writes nothing)."""
+    if not run.is_main:
+        return _SKIPPED
     if _WRITER_KEY not in run.state:
         from torch.utils.tensorboard import SummaryWriter
 

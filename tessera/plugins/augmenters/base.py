@@ -134,5 +134,5 @@ class TextAugmenter(Augmenter):
     @hookimpl
     def tessera_run_start(self, run):
         """Write this augmenter's counts to ``RUN_DIR/augment/<name>.json`` once the run starts training."""
-        if self.report is not None and run.dir is not None:
+        if self.report is not None and run.dir is not None and run.is_main:
             write_json(Path(run.dir) / "augment" / f"{self.name}.json", self.report)
