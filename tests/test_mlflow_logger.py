@@ -72,3 +72,15 @@ def test_mlflow_file_store_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"^logger.mlflow.tracking_uri=file:.*MLflow's file store is not supported"):
         composition("logger=mlflow", f"logger.mlflow.tracking_uri=file:{tmp_path}/mlruns")
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_ensemble_stage_may_log_to_mlflow():
+    from tessera.core import job
+
+    stages = (
+        "{name:a,init:base},{name:b,init:base,overrides:['trainer.seed=2']},"
+        "{name:e,init:base,overrides:['ensemble=average','adapter=none']}"
+    )
+    overrides = ["experiment=smoke", "logger=mlflow", f"stages=[{stages}]"]
+    planned = job.plan(compose_config(overrides, plugins()), overrides, lambda o: compose_config(o, plugins()), None)
+    job.validate(planned, plugins())  # a logger trains nothing: no "an ensemble stage trains nothing"
