@@ -38,6 +38,7 @@ def test_a_run_is_recorded_in_mlflow_with_params_metrics_and_artifacts(tmp_path)
     (recorded,) = client.search_runs([experiment.experiment_id])
     assert recorded.info.status == "FINISHED" and recorded.info.run_name == "run"
     assert recorded.data.tags["tessera.run_dir"] == str(run_dir.resolve())
+    assert recorded.data.tags["tessera.export_dir"] == str((run_dir / "export").resolve())
     params = recorded.data.params
     assert params["model.name"] == "tiny" and params["data.limit_train"] == "64"
     assert params["trainer.learning_rate"] == "0.0005" and params["adapter.lora.r"] == "16"
@@ -72,6 +73,16 @@ def test_mlflow_file_store_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"^logger.mlflow.tracking_uri=file:.*MLflow's file store is not supported"):
         composition("logger=mlflow", f"logger.mlflow.tracking_uri=file:{tmp_path}/mlruns")
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_tracking_database_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError) as caught:
+        composition("logger=mlflow", f"logger.mlflow.tracking_uri={tmp_path / 'a_file' / 'mlflow.db'}")
+    assert str(caught.value) == (
+        f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}: {tmp_path / 'a_file'} is not a "
+        "writable directory: point it at a SQLite file in a writable directory"
+    )
 
 
 def test_an_ensemble_stage_may_log_to_mlflow():

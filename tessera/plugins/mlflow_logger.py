@@ -12,6 +12,7 @@ The tracking store is ``logger.mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_UR
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ class MLflowLogger(Logger):
     def __init__(self, config: MLflowConfig):
         super().__init__(config)
         self._client, self._run_id = None, None
+        #: Set when the tracking store refused the run, so that the run's end does not try again.
+        self._refused = False
 
     def validate(self, composition) -> None:
         if importlib.util.find_spec("mlflow") is None:
@@ -94,6 +97,15 @@ class MLflowLogger(Logger):
                 f"logger.mlflow.tracking_uri={uri}: MLflow's file store is not supported; use a database such as "
                 "sqlite:///mlflow.db or a tracking server (http://host:5000)"
             )
+        database = _sqlite_file(uri)
+        if database is not None:
+            existing = next(parent for parent in [database, *database.parents] if parent.exists())
+            writable = existing.is_file() if existing == database else existing.is_dir()
+            if not writable or not os.access(existing, os.W_OK):
+                raise ConfigError(
+                    f"logger.mlflow.tracking_uri={uri}: {existing} is not a writable "
+                    f"{'file' if existing == database else 'directory'}: point it at a SQLite file in a writable directory"
+                )
 
     def _start(self, run) -> str:
         """The MLflow run of ``run``, created (with the params) on the first event that needs it."""
@@ -124,7 +136,7 @@ class MLflowLogger(Logger):
                 run_name=self.config.run_name or run.dir.name,
                 tags={
                     "tessera.run_dir": str(run.dir.resolve()),
-                    "tessera.composition": str(run.composition.describe()),
+                    "tessera.composition": json.dumps(run.composition.describe()),
                 },
             )
             params = flatten(OmegaConf.to_container(run.cfg, resolve=True))
@@ -132,7 +144,8 @@ class MLflowLogger(Logger):
                 created.info.run_id,
                 params=[Param(key, value[:MAX_PARAM_VAL_LENGTH]) for key, value in sorted(params.items())],
             )
-        except MlflowException as error:
+        except (MlflowException, OSError) as error:
+            self._refused = True
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(f"logger=mlflow cannot record the run at {uri}: {first}") from None
         self._client, self._run_id = client, created.info.run_id
@@ -174,7 +187,14 @@ class MLflowLogger(Logger):
         self._log(run, _scalars(metrics, split), run.total_steps)
 
     @hookimpl
+    def tessera_export(self, run, export_dir):
+        run_id = self._start(run)
+        self._client.set_tag(run_id, "tessera.export_dir", str(Path(export_dir).resolve()))
+
+    @hookimpl
     def tessera_run_end(self, run, status, metrics):
+        if self._refused:
+            return  # the run already failed with the store's one line
         run_id = self._start(run)
         for name, directory in _ARTIFACTS.items():
             if (run.dir / name).is_file():
