@@ -38,7 +38,8 @@ def plugins_json(env=None) -> dict:
 def test_plugins_json_lists_every_family_and_the_builtins():
     report = plugins_json()
     assert list(report["techniques"]) == list(FAMILIES)
-    assert len(FAMILIES) == 9 and "kg_loader" in report["techniques"]
+    assert len(FAMILIES) == 10 and "kg_loader" in report["techniques"]
+    assert report["techniques"]["logger"] == ["mlflow"]
     assert all(isinstance(names, list) for names in report["techniques"].values())
     assert "classification" in report["techniques"]["objective"]
     assert "lora" in report["techniques"]["adapter"]

@@ -166,7 +166,11 @@ def validate_ensemble(ensembler, composition: Composition) -> None:
     """The checks of an ensemble stage before any work (called from each ensembler's ``validate``)."""
     from tessera.core.techniques import CONFIG_FAMILIES
 
-    trained = [f for f in CONFIG_FAMILIES if f not in ("objective", "ensemble", "compress") and composition.selected(f)]
+    trained = [
+        f
+        for f in CONFIG_FAMILIES
+        if f not in ("objective", "ensemble", "compress", "logger") and composition.selected(f)
+    ]
     if trained:
         family = trained[0]
         raise IncompatibleError(

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = {
     "tessera.adapters": "tessera.plugins.adapters",
     "tessera.console": "tessera.plugins.console_logger",
     "tessera.tensorboard": "tessera.plugins.tensorboard_logger",
+    "tessera.mlflow": "tessera.plugins.mlflow_logger",
     "tessera.kg_loaders": "tessera.graphs.loaders.builtin",
     "tessera.retrievers": "tessera.plugins.retrievers",
     "tessera.augmenters": "tessera.plugins.augmenters",

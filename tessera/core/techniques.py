@@ -308,6 +308,14 @@ class Aggregator(Technique):
         ``**context.strategy_options`` (the sampling that the ``federated`` config asks for)."""
 
 
+class Logger(Technique):
+    """Records a run somewhere beyond the run directory (an experiment tracker), through the lifecycle events it
+    implements as :data:`tessera.hookimpl` methods. Selected loggers add to the always-on built-in console and
+    TensorBoard loggers; ``validate`` refuses a logger whose library is missing before any work."""
+
+    family = "logger"
+
+
 @dataclass
 class FederationContext:
     """What an aggregator's strategy is built from: the run, the clients a round samples, the strategy options that
@@ -408,6 +416,13 @@ FAMILIES: dict[str, Family] = {
             "tessera_aggregators",
             "An aggregator combines the clients' updates of each federated round into a new global model, as a "
             "Flower strategy; selecting one makes the stage federated (``federated.clients``, ``federated.rounds``).",
+        ),
+        Family(
+            "logger",
+            Logger,
+            "tessera_loggers",
+            "A logger records the run's parameters, metrics and artifacts in an experiment tracker (MLflow) through "
+            "the lifecycle events; the console and TensorBoard loggers are always on and need no selection.",
         ),
         Family(
             "kg_loader",
