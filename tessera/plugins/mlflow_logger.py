@@ -107,9 +107,10 @@ class MLflowLogger(Logger):
                     f"{'file' if existing == database else 'directory'}: point it at a SQLite file in a writable directory"
                 )
 
-    def _start(self, run) -> str:
-        """The MLflow run of ``run``, created (with the params) on the first event that needs it."""
-        if self._run_id is not None:
+    def _start(self, run) -> str | None:
+        """The MLflow run of ``run``, created (with the params) on the first event that needs it; None on a rank
+        other than 0 of a distributed run (rank 0 alone records it)."""
+        if self._run_id is not None or not run.is_main:
             return self._run_id
         from mlflow import MlflowClient
         from mlflow.entities import Param
@@ -155,7 +156,7 @@ class MLflowLogger(Logger):
         from mlflow.entities import Metric
 
         run_id = self._start(run)
-        if metrics:
+        if metrics and run_id is not None:
             self._client.log_batch(run_id, metrics=[Metric(k, v, 0, step) for k, v in metrics.items()])
 
     @hookimpl
@@ -189,12 +190,13 @@ class MLflowLogger(Logger):
     @hookimpl
     def tessera_export(self, run, export_dir):
         run_id = self._start(run)
-        self._client.set_tag(run_id, "tessera.export_dir", str(Path(export_dir).resolve()))
+        if run_id is not None:
+            self._client.set_tag(run_id, "tessera.export_dir", str(Path(export_dir).resolve()))
 
     @hookimpl
     def tessera_run_end(self, run, status, metrics):
-        if self._refused:
-            return  # the run already failed with the store's one line
+        if self._refused or not run.is_main:
+            return  # the run already failed with the store's one line; or rank 0 records it
         run_id = self._start(run)
         for name, directory in _ARTIFACTS.items():
             if (run.dir / name).is_file():
