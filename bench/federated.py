@@ -24,7 +24,7 @@ split (accuracy and macro-F1 from its ``metrics.json``):
 
 A system whose technique is not registered (or that tessera refuses) is reported with its one-line reason.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/federated.py                                    # the whole comparison
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/federated.py --threads 1 --ray-cpus 1           # the whole comparison
     HF_HUB_OFFLINE=1 .venv/bin/python bench/federated.py --limit-train 400 --limit-eval 200 --epochs 1   # a check
 """
 
