@@ -135,11 +135,16 @@ def run_pykeen(dataset: str, model: str, args) -> dict:
         device="cpu",
         use_tqdm=False,
     )
+    return pykeen_metrics(result, mr_digits=3)
+
+
+def pykeen_metrics(result, mr_digits: int) -> dict:
+    """The realistic filtered MRR, hits@10 and mean rank of a PyKEEN pipeline result, and its seconds."""
     metric = result.metric_results.get_metric
     return {
         "mrr": round(metric("both.realistic.inverse_harmonic_mean_rank"), 4),
         "hits_at_10": round(metric("both.realistic.hits_at_10"), 4),
-        "mr": round(metric("both.realistic.arithmetic_mean_rank"), 3),
+        "mr": round(metric("both.realistic.arithmetic_mean_rank"), mr_digits),
         "train_seconds": round(result.train_seconds, 2),
         "evaluate_seconds": round(result.evaluate_seconds, 2),
     }

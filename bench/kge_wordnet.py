@@ -175,14 +175,9 @@ def run_pykeen(factories, model: str, args, epochs: int) -> dict:
         device="cpu",
         use_tqdm=False,
     )
-    metric = result.metric_results.get_metric
-    return {
-        "mrr": round(metric("both.realistic.inverse_harmonic_mean_rank"), 4),
-        "hits_at_10": round(metric("both.realistic.hits_at_10"), 4),
-        "mr": round(metric("both.realistic.arithmetic_mean_rank"), 1),
-        "train_seconds": round(result.train_seconds, 2),
-        "evaluate_seconds": round(result.evaluate_seconds, 2),
-    }
+    from kge import pykeen_metrics  # bench/kge.py, which runs this module
+
+    return pykeen_metrics(result, mr_digits=1)
 
 
 def _pykeen_epoch_seconds(factories, model: str, args) -> float:

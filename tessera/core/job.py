@@ -110,8 +110,9 @@ def discard_unstarted(run_dir: Path) -> None:
 
 
 @contextmanager
-def _sigterm_interrupts():
-    """Turn SIGTERM into ``KeyboardInterrupt`` while the job runs, so a terminated job records ``interrupted``."""
+def sigterm_interrupts():
+    """Turn SIGTERM into ``KeyboardInterrupt`` while the block runs (a job, a study, a deployment), so a terminated
+    command records ``interrupted`` and stops what it started."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -154,7 +155,7 @@ class Job:
             from tessera.core.trainer import resolve_device
 
             distributed.start(resolve_device(self.stages[0].cfg.trainer)[0])
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             if not self.multi_stage:
                 return self._run_stage(self.stages[0])
             return self._run_stages()

@@ -34,11 +34,11 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from tessera.core.errors import ConfigError, TesseraError
+from tessera.core.job import sigterm_interrupts
 
 #: The connection name in the CLI's ``config.toml`` and the app's name.
 CONNECTION, APP_NAME = "tessera", "tessera-federation"
@@ -460,20 +460,6 @@ def compose(overrides: list[str]):
     return cfg, run_dir
 
 
-@contextmanager
-def _sigterm_interrupts():
-    """SIGTERM as Ctrl-C while the deployment runs, so that every process is stopped."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def finish(run_dir: Path, error: BaseException) -> None:
     """Mark a run directory that a stopped deployment left ``running`` (or without ``run.json``) as ended by
     ``error``: ``failed`` with its line, or ``interrupted``."""
@@ -526,7 +512,7 @@ def main(argv: list[str]) -> int:
     deployment = LocalDeployment(workdir, clients) if local else None
     flower = None
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             try:
                 app_dir = workdir / "app"
                 app_dir.mkdir()

@@ -15,10 +15,10 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from tessera.core.errors import ConfigError, TesseraError
+from tessera.core.job import sigterm_interrupts
 
 log = logging.getLogger("tessera")
 #: Set in the environment of the workers ``tune.workers`` starts: the worker's number (they write no report).
@@ -113,18 +113,6 @@ def check(argv: list[str], plugins):
     return cfg, parameters, base
 
 
-@contextmanager
-def _sigterm_interrupts():
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _log_to_stderr() -> None:
     logger = logging.getLogger("tessera")
     if not logger.handlers:
@@ -207,7 +195,7 @@ def main(argv: list[str]) -> int:
     _log_to_stderr()
     started = time.perf_counter()
     children = []
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         try:
             if cfg.tune.workers > 1 and not worker:
                 children = start_workers(argv, cfg.tune.workers)
