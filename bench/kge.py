@@ -157,19 +157,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="small: 100; wordnet: the epochs of phases 1 and 2 (default: probe)")
     parser.add_argument("--batch-size", type=int, help="small: 256, wordnet: 512")
     parser.add_argument("--negatives", type=int, help="small: 1, wordnet: 64")
-    parser.add_argument("--lr", type=float, help="small: 0.01, wordnet: 0.001")
+    parser.add_argument("--lr", type=float, help="small: 0.01, wordnet: 0.01")
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--source", default="wn18rr", help="wordnet scale: the graph source (wn18rr, wn18rr:mirrored)")
+    parser.add_argument(
+        "--source", default="wn18rr:mirrored", help="wordnet scale: the graph source (wn18rr:mirrored, wn18rr)"
+    )
     parser.add_argument("--models", nargs="*", default=list(MODELS), help="wordnet scale: transe, rotate")
     parser.add_argument("--margin", type=float, default=6.0, help="wordnet scale: the nssa loss's gamma")
     parser.add_argument("--adversarial-temperature", type=float, default=0.5, help="wordnet scale: nssa's alpha")
     parser.add_argument("--pykeen-minutes", type=float, default=20.0, help="wordnet scale: PyKEEN's training time")
-    parser.add_argument("--max-epochs", type=int, default=500, help="wordnet scale: tessera to convergence")
-    parser.add_argument("--evaluate-every", type=int, default=10)
-    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=60, help="wordnet scale: tessera to convergence")
+    parser.add_argument("--evaluate-every", type=int, default=3)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument(
+        "--sampling", default="auto", help="wordnet scale: tessera's negative sampling (auto: shared on WordNet)"
+    )
     parser.add_argument("--tiny", action="store_true", help="wordnet scale: 2,000 train / 50 test triples")
     args = parser.parse_args()
-    defaults = dict(small=(64, 100, 256, 1, 0.01), wordnet=(128, None, 512, 64, 0.001))[args.scale]
+    defaults = dict(small=(64, 100, 256, 1, 0.01), wordnet=(128, None, 512, 64, 0.01))[args.scale]
     for name, value in zip(("dim", "epochs", "batch_size", "negatives", "lr"), defaults):
         if getattr(args, name) is None:
             setattr(args, name, value)

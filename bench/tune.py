@@ -15,7 +15,7 @@ Three measurements, each a ``tessera`` command in a subprocess of this script, i
 Goals (issue 13): the tuned configuration at least 1 point better on test than the default; pruning saving at least
 30 % of the trial time at the same number of trials.
 
-Usage: ``.venv/bin/python bench/tune.py [--trials 12] [--workers 1] [--quick]``; one JSON object on stdout, progress
+Usage: ``.venv/bin/python bench/tune.py [--trials 12] [--workers 1] [--quick] [--work DIR]``; one JSON object on stdout, progress
 on stderr. ``--quick`` runs the tiny random-weight model on 64 sentences with 3 trials (a check of the script, not a
 measurement).
 """
@@ -23,6 +23,7 @@ measurement).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -79,15 +80,31 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny model, 64 sentences, 3 trials: a script check")
+    parser.add_argument(
+        "--limit-train", type=int, default=0, help="train every run on the first N training sentences (0: all 3000)"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep the runs and studies in this directory (default: a temporary one); a rerun reuses the default run and continues the studies",
+    )
     args = parser.parse_args()
     trials = 3 if args.quick else args.trials
     base = [*(QUICK if args.quick else []), *COMMON]
+    if args.limit_train:
+        base.append(f"data.limit_train={args.limit_train}")
     space = QUICK_SPACE if args.quick else SPACE
-    with tempfile.TemporaryDirectory(prefix="tessera-bench-tune-") as temporary:
-        root = Path(temporary)
+    with contextlib.ExitStack() as stack:
+        root = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tessera-bench-tune-")))
+        root.mkdir(parents=True, exist_ok=True)
         print("bench/tune.py: the default composition", file=sys.stderr)
-        default_seconds = tessera("train", *base, f"hydra.run.dir={root / 'default'}", cwd=root)
-        default = json.loads((root / "default" / "metrics.json").read_text())["test"]
+        default_metrics = root / "default" / "metrics.json"
+        if default_metrics.is_file():  # kept under --work by an earlier run of this script
+            default_seconds = json.loads((root / "default_seconds.json").read_text())
+        else:
+            default_seconds = tessera("train", *base, f"hydra.run.dir={root / 'default'}", cwd=root)
+            (root / "default_seconds.json").write_text(json.dumps(default_seconds))
+        default = json.loads(default_metrics.read_text())["test"]
         print(f"bench/tune.py: {trials} trials with median pruning", file=sys.stderr)
         tuned = study("pruned", base, space, trials, args.workers, "median", root)
         print(f"bench/tune.py: {trials} trials without pruning", file=sys.stderr)
@@ -102,6 +119,7 @@ def main() -> None:
                 "quick": args.quick,
                 "trials": trials,
                 "workers": args.workers,
+                "limit_train": args.limit_train or None,
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "default": {"test_accuracy": default["accuracy"], "seconds": default_seconds},
                 "tuned": {

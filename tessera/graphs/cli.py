@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--lr", type=float, default=0.01, help="learning rate (Adam)")
     embed.add_argument("--negatives", type=int, default=1, help="corrupted triples per positive")
     embed.add_argument(
+        "--sampling",
+        default="auto",
+        help="triple (each positive its own negatives), shared (one draw per batch) or auto (shared above 10,000 entities)",
+    )
+    embed.add_argument(
         "--loss", default="default", help="default (the model's PyKEEN default), margin, softplus or nssa"
     )
     embed.add_argument("--margin", type=float, default=1.0, help="margin of the margin loss; RotatE's / nssa's gamma")
@@ -205,6 +210,7 @@ def embed(args, plugins) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         negatives=args.negatives,
+        sampling=args.sampling,
         loss=args.loss,
         margin=args.margin,
         adversarial_temperature=args.adversarial_temperature,

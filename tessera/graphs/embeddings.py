@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tessera.graphs.link_prediction import LinkPredictionEvaluator
+from tessera.graphs.link_prediction import LinkPredictionEvaluator, candidate_scores, query_vectors
 from tessera.graphs.store import GraphError, KnowledgeGraph
 
 #: Model name -> (torch_geometric.nn.kge class name, PyKEEN's default loss).
@@ -46,6 +46,7 @@ MODELS = {
     "rotate": ("RotatE", "margin"),
 }
 LOSSES = ("margin", "softplus", "nssa")
+SAMPLINGS = ("auto", "triple", "shared")
 ENCODERS = ("none", "rgcn")
 #: Graphs with more entities than this train with sparse embedding gradients (see the module docstring).
 SPARSE_ABOVE = 10_000
@@ -61,8 +62,11 @@ class KGEConfig:
     epochs: int = 100
     batch_size: int = 256
     learning_rate: float = 0.01
-    #: Corrupted triples per positive.
+    #: Corrupted triples per positive (``sampling=shared``: corrupting entities per batch).
     negatives: int = 1
+    #: ``triple`` (each positive its own corruptions), ``shared`` (one draw per batch, scored as matrix products)
+    #: or ``auto`` (``shared`` on graphs of more than :data:`SPARSE_ABOVE` entities without an encoder).
+    sampling: str = "auto"
     #: ``default`` (the model's PyKEEN default), ``margin``, ``softplus`` or ``nssa`` (self-adversarial).
     loss: str = "default"
     #: The margin of the margin ranking loss, and RotatE's (and the ``nssa`` loss's) margin gamma.
@@ -91,6 +95,7 @@ class KGEConfig:
             (self.model, MODELS, "model"),
             (self.encoder, ENCODERS, "encoder"),
             (self.loss, ("default", *LOSSES), "loss"),
+            (self.sampling, SAMPLINGS, "sampling"),
         ):
             if value not in valid:
                 raise GraphError(f"unknown KGE {what} {value!r}: choose one of {', '.join(valid)}")
@@ -98,6 +103,8 @@ class KGEConfig:
             raise GraphError("dim, epochs, batch_size, negatives and threads must be at least 1")
         if min(self.evaluate_every, self.patience, self.eval_batch_size) < 0:
             raise GraphError("evaluate_every, patience and eval_batch_size must be 0 (off / automatic) or more")
+        if self.sampling == "shared" and self.encoder != "none":
+            raise GraphError("sampling=shared scores raw embedding rows: use sampling=triple with an encoder")
         if self.patience and not self.evaluate_every:
             raise GraphError("patience needs evaluate_every: early stopping watches the validation MRR")
 
@@ -179,6 +186,9 @@ class _Scorer:
             graph.num_entities, graph.num_relations, config.dim, sparse=self.sparse, **extra
         )
         self.entity_tables = [name for name in ("node_emb", "node_emb_im") if hasattr(self.model, name)]
+        self.relation_tables = [name for name in ("rel_emb", "rel_emb_im") if hasattr(self.model, name)]
+        #: Negatives shared by a batch (see :class:`KGEConfig`'s ``sampling``).
+        self.shared = config.sampling == "shared" or (config.sampling == "auto" and self.sparse)
         self.encoder = None
         if config.encoder == "rgcn":
             from torch_geometric.nn import RGCNConv
@@ -224,8 +234,23 @@ class _Scorer:
     def relation_matrix(self):
         import torch
 
-        tables = [getattr(self.model, name).weight for name in ("rel_emb", "rel_emb_im") if hasattr(self.model, name)]
-        return torch.cat(tables, dim=-1)
+        return torch.cat([getattr(self.model, name).weight for name in self.relation_tables], dim=-1)
+
+    def entity_rows(self, ids):
+        """The rows ``ids`` of the entity tables, concatenated as :meth:`entity_matrix` (no encoder), gathered so
+        that the gradient is sparse when the tables' is."""
+        return self._rows(self.entity_tables, ids)
+
+    def relation_rows(self, ids):
+        return self._rows(self.relation_tables, ids)
+
+    def _rows(self, tables, ids):
+        import torch
+        import torch.nn.functional as F
+
+        return torch.cat(
+            [F.embedding(ids, getattr(self.model, name).weight, sparse=self.sparse) for name in tables], -1
+        )
 
 
 def _threads(count: int):
@@ -363,8 +388,15 @@ class _Validation:
 
 
 def _batch_loss(scorer: _Scorer, positives, num_entities: int, config: KGEConfig, generator):
+    sample = _shared_scores if scorer.shared else _triple_scores
+    positive, negative = sample(scorer, positives, num_entities, config, generator)
+    return _loss(config, positive, negative)
+
+
+def _triple_scores(scorer: _Scorer, positives, num_entities: int, config: KGEConfig, generator):
+    """Scores of the positives and of ``negatives`` corruptions of each (its head or its tail, with equal chance,
+    replaced by a uniformly drawn entity): ``(batch,)`` and ``(batch, negatives)``."""
     import torch
-    import torch.nn.functional as F
 
     entities = scorer.entity_matrix() if scorer.encoder is not None else None
     heads, relations, tails = positives.unbind(dim=1)
@@ -375,6 +407,39 @@ def _batch_loss(scorer: _Scorer, positives, num_entities: int, config: KGEConfig
     negatives[:, 2] = torch.where(corrupt_head, negatives[:, 2], replacement)
     positive = scorer.score(heads, relations, tails, entities)
     negative = scorer.score(negatives[:, 0], negatives[:, 1], negatives[:, 2], entities).view(-1, config.negatives)
+    return positive, negative
+
+
+def _shared_scores(scorer: _Scorer, positives, num_entities: int, config: KGEConfig, generator):
+    """Scores of the positives and of ``negatives`` uniformly drawn entities shared by the whole batch, each put in
+    place of the tail of the first half of the batch's triples and of the head of the other half, scored as one
+    matrix product per side (the scorer's evaluation formula, :func:`candidate_scores`)."""
+    import torch
+
+    heads, relations, tails = positives.unbind(dim=1)
+    candidates = torch.randint(num_entities, (config.negatives,), generator=generator)
+    size, half = len(positives), len(positives) // 2
+    margin, p_norm = float(getattr(scorer.model, "margin", 0.0)), getattr(scorer.model, "p_norm", 1.0)
+    rows = scorer.entity_rows(torch.cat([heads, tails, candidates]))
+    if scorer.name == "transe":  # TransE scores normalised entity rows
+        rows = torch.nn.functional.normalize(rows, p=p_norm, dim=-1)
+    head_rows, tail_rows, candidate_rows = rows.split([size, size, config.negatives])
+    relation_rows = scorer.relation_rows(relations)
+    queries = torch.cat(
+        [
+            query_vectors(scorer.name, head_rows[:half], relation_rows[:half], "tail"),
+            query_vectors(scorer.name, tail_rows[half:], relation_rows[half:], "head"),
+        ]
+    )
+    positive = scorer.score(heads, relations, tails)
+    return positive, candidate_scores(scorer.name, queries, candidate_rows, margin, p_norm)
+
+
+def _loss(config: KGEConfig, positive, negative):
+    """The training loss of ``(batch,)`` positive and ``(batch, negatives)`` negative scores."""
+    import torch
+    import torch.nn.functional as F
+
     if config.loss_name == "margin":
         return F.relu(config.margin - positive.unsqueeze(1) + negative).mean()
     if config.loss_name == "nssa":

@@ -56,16 +56,16 @@ class CandidateScores:
         import torch.nn.functional as F
 
         self.model = model = scorer.name
+        self.margin = float(getattr(scorer.model, "margin", 0.0))
+        self.p_norm = getattr(scorer.model, "p_norm", 1.0)
         entities = scorer.entity_matrix().detach()
         self.relations = scorer.relation_matrix().detach().double()
         if model == "transe":
-            self.p_norm = scorer.model.p_norm
             self.entities = F.normalize(entities, p=self.p_norm, dim=-1)
             self.relations = self.relations.float()
         else:
             self.entities = entities.double()
         if model == "rotate":
-            self.margin = float(scorer.model.margin)
             self.squared_norms = (self.entities * self.entities).sum(dim=1)
 
     @property
@@ -75,37 +75,57 @@ class CandidateScores:
     def queries(self, anchors, relations, side: str):
         """One query vector per triple: ``side="tail"`` ranks tails of ``(anchor, relation, ?)``, ``"head"`` heads
         of ``(?, relation, anchor)``."""
-        import torch
-
-        a, r = self.entities[anchors], self.relations[relations]
-        if self.model == "transe":
-            return a + r if side == "tail" else a - r
-        if self.model == "distmult":
-            return a * r
-        half = a.shape[1] // 2
-        a_re, a_im = a[:, :half], a[:, half:]
-        if self.model == "complex":
-            r_re, r_im = r[:, :half], r[:, half:]
-            if side == "tail":
-                return torch.cat([a_re * r_re - a_im * r_im, a_im * r_re + a_re * r_im], dim=1)
-            return torch.cat([r_re * a_re + r_im * a_im, r_re * a_im - r_im * a_re], dim=1)
-        cos, sin = torch.cos(r), torch.sin(r)  # RotatE: a rotation by the relation's phases
-        if side == "tail":
-            return torch.cat([cos * a_re - sin * a_im, cos * a_im + sin * a_re], dim=1)
-        return torch.cat([cos * a_re + sin * a_im, cos * a_im - sin * a_re], dim=1)  # the inverse rotation
+        return query_vectors(self.model, self.entities[anchors], self.relations[relations], side)
 
     def against(self, queries, candidates):
         """``(len(queries), len(candidates))`` float64 scores; ``candidates`` is a slice or an index tensor."""
-        import torch
+        norms = self.squared_norms[candidates] if self.model == "rotate" else None
+        scores = candidate_scores(self.model, queries, self.entities[candidates], self.margin, self.p_norm, norms)
+        return scores.double()
 
-        table = self.entities[candidates]
-        if self.model == "transe":
-            return torch.cdist(queries, table, p=self.p_norm).neg_().double()
-        products = queries @ table.T
-        if self.model != "rotate":
-            return products
-        squared = (queries * queries).sum(dim=1, keepdim=True) + self.squared_norms[candidates].unsqueeze(0)
-        return squared.sub_(products.mul_(2)).clamp_min_(0).sqrt_().neg_().add_(self.margin)
+
+def query_vectors(model: str, anchors, relations, side: str):
+    """The query vectors of ``model`` (a name of :data:`tessera.graphs.embeddings.MODELS`) for anchor entity rows and
+    relation rows (the tables' layouts: complex models' real then imaginary halves, RotatE's phases): ``side="tail"``
+    for ``(anchor, relation, ?)``, ``"head"`` for ``(?, relation, anchor)``. :func:`candidate_scores` scores them."""
+    import torch
+
+    a, r = anchors, relations
+    if model == "transe":
+        return a + r if side == "tail" else a - r
+    if model == "distmult":
+        return a * r
+    half = a.shape[1] // 2
+    a_re, a_im = a[:, :half], a[:, half:]
+    if model == "complex":
+        r_re, r_im = r[:, :half], r[:, half:]
+        if side == "tail":
+            return torch.cat([a_re * r_re - a_im * r_im, a_im * r_re + a_re * r_im], dim=1)
+        return torch.cat([r_re * a_re + r_im * a_im, r_re * a_im - r_im * a_re], dim=1)
+    cos, sin = torch.cos(r), torch.sin(r)  # RotatE: a rotation by the relation's phases
+    if side == "tail":
+        return torch.cat([cos * a_re - sin * a_im, cos * a_im + sin * a_re], dim=1)
+    return torch.cat([cos * a_re + sin * a_im, cos * a_im - sin * a_re], dim=1)  # the inverse rotation
+
+
+def candidate_scores(model: str, queries, table, margin: float = 0.0, p_norm: float = 1.0, squared_norms=None):
+    """``(len(queries), len(table))`` scores of every query against every candidate entity row of ``table``, as
+    ``model`` scores a triple (TransE ``-||q - t||``, DistMult and ComplEx ``<q, t>``, RotatE ``margin - ||q - t||``
+    through ``|q|^2 + |t|^2 - 2 <q, t>``; ``squared_norms``: the rows' precomputed ``|t|^2``). Differentiable: the
+    ``shared`` negative sampling of :mod:`tessera.graphs.embeddings` trains with it; without gradients (evaluation)
+    RotatE's temporaries are reused in place, which bounds a block's memory (:data:`BYTES_PER_SCORE`)."""
+    import torch
+
+    if model == "transe":
+        return -torch.cdist(queries, table, p=p_norm)
+    products = queries @ table.T
+    if model != "rotate":
+        return products
+    norms = (table * table).sum(dim=1) if squared_norms is None else squared_norms
+    squared = (queries * queries).sum(dim=1, keepdim=True) + norms.unsqueeze(0)
+    if torch.is_grad_enabled() and (queries.requires_grad or table.requires_grad):
+        return margin - (squared - 2 * products).clamp_min(0).sqrt()
+    return squared.sub_(products.mul_(2)).clamp_min_(0).sqrt_().neg_().add_(margin)
 
 
 class LinkPredictionEvaluator:
