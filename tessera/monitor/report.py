@@ -146,6 +146,7 @@ def plot_histograms(reference, records: list[dict], path: Path) -> None:
     )
     axes[-1].set_xticks(positions, labels)
     axes[-1].set_title("predicted label share")
+    axes[-1].legend()
     axes[0].legend()
     figure.tight_layout()
     _save(figure, path)

@@ -167,7 +167,8 @@ class ClassifierMonitor:
                 found["ks_statistic"].labels(item.feature).set(item.ks_statistic)
                 found["ks_pvalue"].labels(item.feature).set(item.p_value)
         found["drift"].set(int(self.window.drifting))
+        stamp = time.strftime("%H:%M:%S")
         if change == "started":
-            self.echo(f"drift detected over the last {self.window.size} inputs: {describe(self.window.last)}")
+            self.echo(f"{stamp} drift detected over the last {self.window.size} inputs: {describe(self.window.last)}")
         elif change == "stopped":
-            self.echo(f"drift ended: the last {self.window.size} inputs are within the thresholds")
+            self.echo(f"{stamp} drift ended: the last {self.window.size} inputs are within the thresholds")
