@@ -305,3 +305,16 @@ def test_real_commonsense_and_go():
 def read_csv_rows(path: Path) -> list[list[str]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
         return list(csv.reader(f))
+
+
+def test_real_bbc_news_articles_and_sentences():
+    import collections
+
+    path = real_asset("bbc_news")
+    articles = read_csv_rows(path / "bbc_news.csv")
+    assert articles[0] == ["title", "text", "label"] and len(articles) == 1 + 2225
+    topics = collections.Counter(row[2] for row in articles[1:])
+    assert topics == {"sports": 511, "business": 510, "politics": 417, "tech": 401, "entertainment": 386}
+    sentences = read_csv_rows(path / "bbc_news_sentences.csv")[1:]
+    assert len(sentences) > 30000 and all(5 <= len(text.split()) <= 60 for text, _ in sentences)
+    assert "Quarterly profits at US media giant TimeWarner jumped 76%" in sentences[0][0] and "£600m" in sentences[0][0]

@@ -280,3 +280,21 @@ def test_tessera_monitor_bad_input_is_one_line(smoke_run, tmp_path):
     assert (
         result.returncode == 2 and f"no served-traffic log at {smoke_run / 'monitor' / 'served.jsonl'}" in result.stderr
     )
+
+
+def test_an_unwritable_traffic_log_is_one_line_and_drift_is_still_watched(smoke_run, tmp_path):
+    from tessera.core.config import ServeConfig
+    from tessera.serving.monitoring import ClassifierMonitor, monitor_environment
+    from tessera.serving.target import ServeTarget
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = ServeConfig(traffic_log=str(blocker / "served.jsonl"), drift_window=20, drift_min_window=10)
+    environment, _ = monitor_environment(ServeTarget(smoke_run / "export", "classify", "tiny"), settings)
+    lines = []
+    monitor = ClassifierMonitor(json.loads(environment["TESSERA_SERVE_MONITOR"]), lines.append)
+    answer = json.dumps({"data": [{"index": 0, "label": "positive", "probs": [0.4, 0.6]}]}).encode()
+    for _ in range(3):
+        monitor.observe({"input": "a fine film"}, answer)
+    assert len(lines) == 1 and lines[0].startswith(f"served-traffic log {blocker / 'served.jsonl'} cannot be written")
+    assert monitor.window.size == 3

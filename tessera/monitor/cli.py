@@ -24,18 +24,25 @@ def main(argv: list[str]) -> int:
     from tessera.monitor.reference import DriftReference
     from tessera.monitor.report import build_report, summary_lines, write_report
     from tessera.monitor.traffic import read_records
+    from tessera.registry import is_reference, resolve_reference
     from tessera.serving.monitoring import traffic_log_path
     from tessera.serving.settings import load_settings
     from tessera.serving.target import resolve, run_config
 
     parser = _Parser(prog="tessera monitor", description="Drift of served traffic against the export's reference.")
-    parser.add_argument("path", metavar="RUN_DIR", help="the served run directory (or its export/, a model directory)")
+    parser.add_argument(
+        "path",
+        metavar="RUN_DIR",
+        help="the served run directory (its export/, a model directory, or registry:NAME@STAGE)",
+    )
     parser.add_argument("--log", type=Path, help="the served-traffic log (default: the one tessera serve wrote)")
     parser.add_argument("--out", type=Path, help="where plots and monitor_report.md go (default: the log's folder)")
     parser.add_argument(
         "settings", nargs="*", metavar="KEY=VALUE", help="drift thresholds (drift_psi=0.2, drift_window=200...)"
     )
     args = parser.parse_intermixed_args(argv)
+    if is_reference(args.path):
+        args.path = resolve_reference(args.path)
     settings = load_settings(run_config(args.path), args.settings)
     thresholds = Thresholds.from_settings(settings)
     target = resolve(args.path, discover())

@@ -154,7 +154,14 @@ class ClassifierMonitor:
         from tessera.monitor.watch import describe
 
         if self.log is not None:
-            append_records(self.log, records)
+            try:
+                append_records(self.log, records)
+            except OSError as error:
+                self.echo(
+                    f"served-traffic log {self.log} cannot be written ({error.strerror}): logging stops, drift is "
+                    "still watched; restart with traffic_log=FILE somewhere writable"
+                )
+                self.log = None
         found = metrics()
         for feature in self.window.add(records):
             found["adwin"].labels(feature).inc()
