@@ -101,9 +101,11 @@ def test_home_follows_environment(tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_valid_names(home):
-    assert ASSET_NAMES == ("minilm", "smollm2", "movie_reviews", "wordnet", "pykeen", "commonsense", "go")
+    assert ASSET_NAMES == ("minilm", "smollm2", "movie_reviews", "bbc_news", "wordnet", "pykeen", "commonsense", "go")
     for function in (asset_dir, asset_path, lambda name: verify([name]), lambda name: fetch([name])):
-        with pytest.raises(AssetError, match="unknown asset 'bert': valid names are minilm, smollm2, movie_reviews"):
+        with pytest.raises(
+            AssetError, match="unknown asset 'bert': valid names are minilm, smollm2, movie_reviews, bbc_news"
+        ):
             function("bert")
     with pytest.raises(SystemExit, match="2"):
         tessera_main(["assets", "path", "bert"])
@@ -303,3 +305,16 @@ def test_real_commonsense_and_go():
 def read_csv_rows(path: Path) -> list[list[str]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
         return list(csv.reader(f))
+
+
+def test_real_bbc_news_articles_and_sentences():
+    import collections
+
+    path = real_asset("bbc_news")
+    articles = read_csv_rows(path / "bbc_news.csv")
+    assert articles[0] == ["title", "text", "label"] and len(articles) == 1 + 2225
+    topics = collections.Counter(row[2] for row in articles[1:])
+    assert topics == {"sports": 511, "business": 510, "politics": 417, "tech": 401, "entertainment": 386}
+    sentences = read_csv_rows(path / "bbc_news_sentences.csv")[1:]
+    assert len(sentences) > 30000 and all(5 <= len(text.split()) <= 60 for text, _ in sentences)
+    assert "Quarterly profits at US media giant TimeWarner jumped 76%" in sentences[0][0] and "£600m" in sentences[0][0]

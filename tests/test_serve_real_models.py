@@ -60,3 +60,76 @@ def test_smollm2_answers_a_chat_completion():
     finally:
         served.stop()
     assert "Paris" in answers[0] and answers[0] == answers[1]
+
+
+def drift_metrics(url: str) -> dict:
+    """The ``tessera_drift_*`` samples of the server's ``/metrics`` by ``(name, feature)``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+    return {
+        (sample.name, sample.labels.get("feature")): sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name.startswith("tessera_drift_")
+    }
+
+
+def test_served_news_sentences_drift_and_movie_reviews_do_not(run, tmp_path):
+    """The MiniLM run served for real: 200 test-split movie-review sentences, one a request, then 200 BBC News
+    sentences; drift is flagged (metrics, server log, tessera monitor) for the news and never for the reviews."""
+    import csv
+    import random
+    import re
+    import urllib.request
+
+    from tessera.core.assets import asset_path
+    from tessera.monitor.traffic import read_records
+
+    reviews = [json.loads(line)["text"] for line in (run / "predictions.jsonl").read_text().splitlines()][:200]
+    with (asset_path("bbc_news") / "bbc_news_sentences.csv").open(encoding="utf-8", newline="") as handle:
+        news = random.Random(0).sample([row["text"] for row in csv.DictReader(handle)], 200)
+    log = tmp_path / "served.jsonl"
+    served = Served(run, f"traffic_log={log}")
+
+    def classify(text: str) -> None:
+        body = json.dumps({"model": "minilm-movie_reviews", "input": text}).encode()
+        request = urllib.request.Request(f"{served.url}/classify", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            assert answer.status == 200
+
+    try:
+        assert any(
+            "drift watched against the export's reference over the last 200 inputs" in line for line in served.output
+        )
+        for text in reviews:
+            classify(text)
+        in_domain = drift_metrics(served.url)
+        for text in news:
+            classify(text)
+        shifted = drift_metrics(served.url)
+    finally:
+        output = served.stop()
+    assert in_domain[("tessera_drift_window_inputs", None)] == 200
+    assert in_domain[("tessera_drift_detected", None)] == 0
+    assert not any(value for (name, _), value in in_domain.items() if name == "tessera_drift_feature_drifted")
+    assert shifted[("tessera_drift_detected", None)] == 1
+    assert shifted[("tessera_drift_feature_drifted", "oov_share")] == 1
+    assert (
+        shifted[("tessera_drift_ks_pvalue", "oov_share")] < 0.01 and shifted[("tessera_drift_psi", "oov_share")] > 0.2
+    )
+    # the model list is request 1, the reviews 2-201: drift is first reported on a news request
+    lines = output.splitlines()
+    first = next(index for index, line in enumerate(lines) if "drift detected over the last" in line)
+    before = [int(n) for n in re.findall(r"\(request (\d+)\)", "\n".join(lines[:first]))]
+    assert max(before) > 201, lines[first]
+    records = read_records(log)
+    assert len(records) == 400
+    for name, part, status in (("in_domain", records[:200], 0), ("shifted", records[200:], 1)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(record) + "\n" for record in part))
+        result = tessera("monitor", str(run), "--log", str(path), "--out", str(tmp_path / name))
+        assert result.returncode == status, result.stdout + result.stderr

@@ -354,6 +354,10 @@ DELEGATED_COMMANDS = {
         "a model registry: add / list / show / promote, backup / restore / verify",
         "tessera.registry.cli:main",
     ),
+    "monitor": (
+        "drift of a served-traffic log against the export's reference: report and plots",
+        "tessera.monitor.cli:main",
+    ),
     "eval": (
         "evaluate a trained run, clean and under attack (attack=synonym,charnoise)",
         "tessera.robustness.cli:main",

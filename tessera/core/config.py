@@ -117,6 +117,19 @@ class ServeConfig:
     log_requests: bool = True
     #: More ``vllm serve`` flags, passed as they are (``[--max-num-batched-tokens, "4096"]``).
     extra_args: list[str] = field(default_factory=list)
+    #: Watch a classifier's answers: label and confidence metrics; with the export's drift reference, the
+    #: served-traffic log and drift gauges (docs/serving.md#monitoring).
+    monitor: bool = True
+    #: The served-traffic log (JSON Lines); null: ``RUN_DIR/monitor/served.jsonl`` when serving a run, else none.
+    traffic_log: Optional[str] = None
+    #: Served inputs in the drift window, and how many it needs before drift is judged.
+    drift_window: int = 200
+    drift_min_window: int = 100
+    #: A feature drifted when its PSI is above ``drift_psi`` or its KS test's p-value below ``drift_ks_pvalue``.
+    drift_psi: float = 0.2
+    drift_ks_pvalue: float = 0.01
+    #: ADWIN's confidence parameter (smaller: fewer, surer change points).
+    drift_adwin_delta: float = 0.002
 
 
 @dataclass

@@ -249,7 +249,9 @@ def ensemble_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
         items = run.composition.item_builder.items(
             splits.train, tokenizer, run.cfg.data.max_length, run.cfg.trainer.seed
         )
-        metrics, compression = export_model(run, model, tokenizer, items, test, metrics, timings)
+        metrics, compression = export_model(
+            run, model, tokenizer, items, test, metrics, timings, drift_data=(splits.train, validation)
+        )
         if not run.composition.selected("compress"):
             ensembler.write_unmerged(run.dir / "export")
         return metrics, {**compression, **record}

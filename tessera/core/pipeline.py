@@ -216,14 +216,27 @@ def _training_stage(run: Run, splits: Splits, timings: dict) -> tuple[dict, dict
     if not distributed.is_main():
         return {}, {}  # rank 0 alone evaluates, compresses and exports
     metrics = evaluate_test(run, model, tokenizer, built.test, timings)
-    metrics, record = export_model(run, model, tokenizer, items, built.test, metrics, timings)
+    metrics, record = export_model(
+        run, model, tokenizer, items, built.test, metrics, timings, drift_data=(built.train, validation)
+    )
     return metrics, {**record, "steps": run.total_steps, **trainer.history}
 
 
-def export_model(run: Run, model, tokenizer, items: list[dict], test: list[dict], metrics: dict, timings: dict):
+def export_model(
+    run: Run,
+    model,
+    tokenizer,
+    items: list[dict],
+    test: list[dict],
+    metrics: dict,
+    timings: dict,
+    drift_data: tuple[list[dict], list[dict]] | None = None,
+):
     """Merge the adapters, run the post-training compressors (evaluating the final model again on ``test``) and
     write ``export/``; return the final test metrics and ``{"compression": ...}`` for ``metrics.json`` (empty
-    without compressors). ``items`` are the training items the calibration sample is drawn from."""
+    without compressors). ``items`` are the training items the calibration sample is drawn from; ``drift_data``
+    (the training and validation examples) makes a classifier's drift reference
+    (:mod:`tessera.monitor.reference`)."""
     compressors = run.composition.selected("compress")
     target = run.dir / "export"
     with atomic_directory(target, owned=True) as partial:
@@ -245,6 +258,11 @@ def export_model(run: Run, model, tokenizer, items: list[dict], test: list[dict]
                 )
 
             write_export(partial, run, model, tokenizer, export_format, card)
+        if drift_data is not None:
+            from tessera.monitor.reference import write_reference
+
+            with phase("drift_reference", timings):
+                write_reference(partial, run, model, tokenizer, *drift_data)
     run.events.export(target)
     return metrics, ({"compression": compression} if compression else {})
 

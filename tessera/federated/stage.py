@@ -139,7 +139,9 @@ def federated_stage(run: Run, splits, timings: dict) -> tuple[dict, dict]:
     with phase("federate", timings):
         load_trainable(model, federation.run(bool(cfg.resume)))
     metrics = evaluate_test(run, model, tokenizer, built.test, timings)
-    metrics, record = export_model(run, model, tokenizer, built.items, built.test, metrics, timings)
+    metrics, record = export_model(
+        run, model, tokenizer, built.items, built.test, metrics, timings, drift_data=(built.train, built.validation)
+    )
     summary = {
         "aggregator": aggregator.name,
         "clients": federated.clients,

@@ -63,6 +63,7 @@ def serve(argv: list[str]) -> int:
     from tessera.serving.ensemble import ROUTE as ENSEMBLE_ROUTE
     from tessera.serving.ensemble import Ensemble, EnsembleServer, ensemble_export
     from tessera.serving.launcher import VllmServer
+    from tessera.serving.monitoring import monitor_environment
     from tessera.serving.settings import load_settings
     from tessera.serving.target import ROUTES, ServeError, resolve, run_config, vllm_refusal
 
@@ -93,7 +94,7 @@ def serve(argv: list[str]) -> int:
         if refusal:
             raise ServeError(refusal)
         print(f"tessera serve: starting vLLM on {target.model_dir} ({target.kind})", flush=True)
-        for note in target.notes:
+        for note in (*target.notes, *monitor_environment(target, settings)[1]):
             print(f"tessera serve: {note}", flush=True)
         server = VllmServer(target, settings, verbose=args.verbose, echo=echo)
         route = f"{ROUTES[target.kind]}; GET /metrics"

@@ -174,7 +174,7 @@ class EnsembleServer:
 
         self.ensemble, self.settings, self.echo = ensemble, settings, echo
         self.name = settings.name or f"{ensemble.description['method']}-ensemble"
-        private = dataclasses.replace(settings, host="127.0.0.1", port=0, log_requests=False)
+        private = dataclasses.replace(settings, host="127.0.0.1", port=0, log_requests=False, monitor=False)
         self.servers = {
             name: VllmServer(target, private, verbose=verbose, echo=echo) for name, target in ensemble.targets().items()
         }

@@ -3,8 +3,8 @@
 The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script of the CPU build
 is broken) in its own process group, with private ``TMPDIR`` and ``VLLM_CACHE_ROOT`` directories inside one
 scratch directory: stopping it signals the whole group (API server, engine core, resource tracker) and removes the
-scratch directory, so nothing is left behind. tessera's own layer (request log, metrics, API key, knowledge
-enrichment) runs inside that server as an ASGI middleware (:mod:`tessera.serving.middleware`).
+scratch directory, so nothing is left behind. tessera's own layer (request log, metrics, monitoring, API key,
+knowledge enrichment) runs inside that server as an ASGI middleware (:mod:`tessera.serving.middleware`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from tessera.core.config import ServeConfig
+from tessera.serving.monitoring import monitor_environment
 from tessera.serving.settings import dtype_for, kv_cache_bytes, max_model_len
 from tessera.serving.target import ServeError, ServeTarget
 
@@ -205,6 +206,7 @@ class VllmServer:
             env["TESSERA_SERVE_RUN_DIR"] = str(self.target.run_dir)
         if self.target.truncation:
             env["TESSERA_SERVE_TRUNCATE"] = str(self.target.truncation)
+        env.update(monitor_environment(self.target, self.settings)[0])
         self.process = subprocess.Popen(
             server_command(self.target, self.settings, self.port),
             env=env,

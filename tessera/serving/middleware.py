@@ -11,11 +11,14 @@ streaming passes through untouched. It
   (:class:`~tessera.serving.knowledge.KnowledgeFront`);
 - for a classifier run, cuts ``/classify`` and ``/pooling`` inputs to the run's ``data.max_length`` tokens, as in
   training and evaluation (vLLM's ``truncate_prompt_tokens``, applied by the model's tokenizer), unless the request
-  sets its own.
+  sets its own;
+- counts errors per route and, for a classifier, reads the answers of ``/classify`` (the response passes on
+  unchanged while a copy is kept): predicted labels, confidences, served-traffic log and drift
+  (:mod:`tessera.serving.monitoring`). Other routes' responses, streams included, are not read.
 
 The launcher configures it through the environment: ``TESSERA_SERVE_API_KEY``, ``TESSERA_SERVE_RUN_DIR`` (set only
 when the run has ``kg`` retrievers), ``TESSERA_SERVE_TRUNCATE`` (a classifier run's ``data.max_length``) and
-``TESSERA_SERVE_LOG_REQUESTS``.
+``TESSERA_SERVE_LOG_REQUESTS``, and ``TESSERA_SERVE_MONITOR`` (:func:`~tessera.serving.monitoring.monitor_environment`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 
 from tessera.serving.knowledge import ENRICHED_ROUTES
 from tessera.serving.launcher import LOG_PREFIX
+from tessera.serving.monitoring import MONITORED_ROUTE, ClassifierMonitor, count_error
 
 #: Routes that answer without an API key and are neither logged nor counted (probes and scrapes).
 OPEN_ROUTES = ("/health", "/ping", "/version", "/metrics", "/load")
@@ -87,25 +91,34 @@ class TesseraMiddleware:
             self.knowledge.enrich(["warm up the graph before the first request"])
         truncate = os.environ.get("TESSERA_SERVE_TRUNCATE")
         self.truncate = int(truncate) if truncate else None
+        self.monitor = ClassifierMonitor.from_environment(self._log)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].startswith(OPEN_ROUTES) or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), [500]
+        started, status, answer, failed = time.perf_counter(), [500], [], True
+        monitored = self.monitor is not None and scope["method"] == "POST" and scope["path"] == MONITORED_ROUTE
 
         async def watch(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            elif monitored and message["type"] == "http.response.body" and status[0] == 200:
+                answer.append(message.get("body", b""))
             await send(message)
 
         try:
             if self.key_digest is not None and not self._authorized(scope):
+                failed = False
                 return await self._reply(watch, 401, {"error": "Unauthorized: send Authorization: Bearer <api key>"})
-            if scope["method"] == "POST" and self._rewrites(scope["path"]):
-                scope, receive = await self._rewritten(scope, receive)
+            payload = None
+            if scope["method"] == "POST" and (monitored or self._rewrites(scope["path"])):
+                scope, receive, payload = await self._rewritten(scope, receive)
             await self.app(scope, receive, watch)
+            failed = False
         finally:
-            self._record(scope, status[0], time.perf_counter() - started)
+            self._record(scope, status[0], failed, time.perf_counter() - started)
+        if monitored and status[0] == 200:
+            await self._observe(payload, b"".join(answer))
 
     def _authorized(self, scope) -> bool:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
@@ -131,12 +144,13 @@ class TesseraMiddleware:
         return payload
 
     async def _rewritten(self, scope, receive):
-        """The request with its body rewritten by :meth:`_rewrite` (unparsable bodies pass unchanged)."""
+        """The request with its body rewritten by :meth:`_rewrite` where the route is rewritten (unparsable bodies
+        pass unchanged), and the parsed body (None when it is no JSON object)."""
         chunks, more = [], True
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return scope, _replay([message], receive)
+                return scope, _replay([message], receive), None
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
@@ -144,27 +158,43 @@ class TesseraMiddleware:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
             payload = None
-        if isinstance(payload, dict):
-            rewritten = await asyncio.to_thread(self._rewrite, scope["path"], payload)
-            body = json.dumps(rewritten).encode()
+        if not isinstance(payload, dict):
+            payload = None
+        elif self._rewrites(scope["path"]):
+            payload = await asyncio.to_thread(self._rewrite, scope["path"], payload)
+            body = json.dumps(payload).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
-        return {**scope, "headers": headers}, _replay([{"type": "http.request", "body": body}], receive)
+        return {**scope, "headers": headers}, _replay([{"type": "http.request", "body": body}], receive), payload
 
-    def _record(self, scope, status: int, seconds: float) -> None:
+    async def _observe(self, payload: dict | None, body: bytes) -> None:
+        """Hand a ``/classify`` exchange to the monitor off the event loop; a failure is logged, never raised
+        (the answer has already gone out)."""
+        try:
+            await asyncio.to_thread(self.monitor.observe, payload, body)
+        except Exception as error:  # noqa: BLE001 - monitoring must not take the server down
+            self._log(f"monitoring skipped a /classify answer: {type(error).__name__}: {error}")
+
+    def _record(self, scope, status: int, failed: bool, seconds: float) -> None:
+        """Count and log a finished request (``failed``: the app raised, ``status`` is then 500 unless a response
+        had started)."""
         self.count += 1
         route = scope["path"] if scope["path"] in NAMED_ROUTES else "other"
         requests, latency = _metrics()
         requests.labels(scope["method"], route, str(status)).inc()
         latency.labels(route).observe(seconds)
+        if failed or status >= 400:
+            count_error(route, "exception" if failed else str(status))
         if self.log_requests:
             stamp = time.strftime("%H:%M:%S")
-            print(
-                f"{LOG_PREFIX}{stamp} {scope['method']} {scope['path']} {status} {seconds * 1000:.1f} ms "
-                f"(request {self.count})",
-                file=sys.stdout,
-                flush=True,
+            self._log(
+                f"{stamp} {scope['method']} {scope['path']} {status} {seconds * 1000:.1f} ms (request {self.count})"
             )
+
+    @staticmethod
+    def _log(line: str) -> None:
+        """One line on the server's output, shown by ``tessera serve``."""
+        print(f"{LOG_PREFIX}{line}", file=sys.stdout, flush=True)
 
     @staticmethod
     async def _reply(send, status: int, payload: dict) -> None:

@@ -6,12 +6,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tessera.core.assets.asset import Asset
-from tessera.core.assets.catalogue import commonsense, go, minilm, movie_reviews, pykeen, smollm2, wordnet
+from tessera.core.assets.catalogue import (
+    bbc_news,
+    commonsense,
+    go,
+    minilm,
+    movie_reviews,
+    pykeen,
+    smollm2,
+    wordnet,
+)
 from tessera.core.errors import AssetError
 
 #: Every asset by name, in the order ``fetch`` builds them.
 CATALOGUE: dict[str, Asset] = {
-    module.ASSET.name: module.ASSET for module in (minilm, smollm2, movie_reviews, wordnet, pykeen, commonsense, go)
+    module.ASSET.name: module.ASSET
+    for module in (minilm, smollm2, movie_reviews, bbc_news, wordnet, pykeen, commonsense, go)
 }
 #: The names of all assets, in the order ``fetch`` builds them.
 ASSET_NAMES: tuple[str, ...] = tuple(CATALOGUE)
