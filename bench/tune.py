@@ -23,6 +23,7 @@ measurement).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -88,11 +89,17 @@ def main() -> None:
         type=Path,
         help="keep the runs and studies in this directory (default: a temporary one); a rerun reuses the default run and continues the studies",
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of every run (0: torch's default)")
+    parser.add_argument(
+        "--concurrent", action="store_true", help="run both studies at once (with --threads 1 on 2 cores)"
+    )
     args = parser.parse_args()
     trials = 3 if args.quick else args.trials
     base = [*(QUICK if args.quick else []), *COMMON]
     if args.limit_train:
         base.append(f"data.limit_train={args.limit_train}")
+    if args.threads:
+        base.append(f"trainer.num_threads={args.threads}")
     space = QUICK_SPACE if args.quick else SPACE
     with contextlib.ExitStack() as stack:
         root = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tessera-bench-tune-")))
@@ -105,10 +112,18 @@ def main() -> None:
             default_seconds = tessera("train", *base, f"hydra.run.dir={root / 'default'}", cwd=root)
             (root / "default_seconds.json").write_text(json.dumps(default_seconds))
         default = json.loads(default_metrics.read_text())["test"]
-        print(f"bench/tune.py: {trials} trials with median pruning", file=sys.stderr)
-        tuned = study("pruned", base, space, trials, args.workers, "median", root)
-        print(f"bench/tune.py: {trials} trials without pruning", file=sys.stderr)
-        unpruned = study("unpruned", base, space, trials, args.workers, "none", root)
+        studies = [("pruned", "median"), ("unpruned", "none")]
+        if args.concurrent:  # both studies at once, sharing the cores alike
+            print(f"bench/tune.py: {trials} trials with and without median pruning, at once", file=sys.stderr)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                runs = [
+                    pool.submit(study, name, base, space, trials, args.workers, pruner, root)
+                    for name, pruner in studies
+                ]
+                tuned, unpruned = (run.result() for run in runs)
+        else:
+            print(f"bench/tune.py: {trials} trials with median pruning, then without", file=sys.stderr)
+            tuned, unpruned = (study(name, base, space, trials, args.workers, pruner, root) for name, pruner in studies)
     best, best_unpruned = tuned["best"], unpruned["best"]
     gain = 100 * (best["test"]["accuracy"] - default["accuracy"])
     saved = 1 - tuned["trial_seconds"] / unpruned["trial_seconds"]
@@ -120,6 +135,8 @@ def main() -> None:
                 "trials": trials,
                 "workers": args.workers,
                 "limit_train": args.limit_train or None,
+                "threads": args.threads or None,
+                "concurrent": args.concurrent,
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "default": {"test_accuracy": default["accuracy"], "seconds": default_seconds},
                 "tuned": {
