@@ -100,7 +100,7 @@ def test_shared_negatives_score_as_the_model_does(nations, model):
     scorer = _Scorer(nations, nations.split("train"), KGEConfig(model=model, dim=8, margin=3.0))
     h, r, t = (torch.as_tensor(nations.split("test")[:5, i], dtype=torch.long) for i in range(3))
     candidates = torch.arange(nations.num_entities)
-    margin, p_norm = float(getattr(scorer.model, "margin", 0.0)), getattr(scorer.model, "p_norm", 1.0)
+    margin, p_norm = scorer.margin, scorer.p_norm
     rows, relations = scorer.entity_rows, scorer.relation_rows(r)
     if model == "transe":  # the model scores normalised entity rows
         rows = lambda ids: torch.nn.functional.normalize(scorer.entity_rows(ids), p=p_norm, dim=-1)  # noqa: E731

@@ -187,6 +187,9 @@ class _Scorer:
         )
         self.entity_tables = [name for name in ("node_emb", "node_emb_im") if hasattr(self.model, name)]
         self.relation_tables = [name for name in ("rel_emb", "rel_emb_im") if hasattr(self.model, name)]
+        #: The model's score settings that the candidate formulas need (RotatE's margin, TransE's norm).
+        self.margin = float(getattr(self.model, "margin", 0.0))
+        self.p_norm = getattr(self.model, "p_norm", 1.0)
         #: Negatives shared by a batch (see :class:`KGEConfig`'s ``sampling``).
         self.shared = config.sampling == "shared" or (config.sampling == "auto" and self.sparse)
         self.encoder = None
@@ -419,7 +422,7 @@ def _shared_scores(scorer: _Scorer, positives, num_entities: int, config: KGECon
     heads, relations, tails = positives.unbind(dim=1)
     candidates = torch.randint(num_entities, (config.negatives,), generator=generator)
     size, half = len(positives), len(positives) // 2
-    margin, p_norm = float(getattr(scorer.model, "margin", 0.0)), getattr(scorer.model, "p_norm", 1.0)
+    margin, p_norm = scorer.margin, scorer.p_norm
     rows = scorer.entity_rows(torch.cat([heads, tails, candidates]))
     if scorer.name == "transe":  # TransE scores normalised entity rows
         rows = torch.nn.functional.normalize(rows, p=p_norm, dim=-1)

@@ -56,8 +56,7 @@ class CandidateScores:
         import torch.nn.functional as F
 
         self.model = model = scorer.name
-        self.margin = float(getattr(scorer.model, "margin", 0.0))
-        self.p_norm = getattr(scorer.model, "p_norm", 1.0)
+        self.margin, self.p_norm = scorer.margin, scorer.p_norm
         entities = scorer.entity_matrix().detach()
         self.relations = scorer.relation_matrix().detach().double()
         if model == "transe":
