@@ -68,13 +68,33 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 #: Optimizer steps run before the timed window (first-call allocations, autocast caches, warm-up of the allocator).
 WARMUP_STEPS = 3
 #: The token length inputs are cut to, fixed so that every contender and every earlier figure sees the same inputs
-#: (``data.max_length: auto`` would pick 47 for these sentences).
+#: (``data.max_length: auto`` would pick 47 for the movie-review sentences).
 MAX_LENGTH = 64
-#: Extra ``tessera train`` overrides of each setting (tessera's defaults otherwise; full fine-tuning gets the
-#: learning rate that works for it on this data, which does not change the work done).
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One workload: extra ``tessera train`` overrides (tessera's defaults otherwise) and the input length."""
+
+    overrides: tuple[str, ...]
+    max_length: int = MAX_LENGTH
+
+
+#: MiniLM full fine-tuning gets the learning rate that works for it on this data (it does not change the work
+#: done); SmolLM2 + LoRA trains on the instruction objective as ``experiment=instruct`` does (batch 8, length 128).
 SETTINGS = {
-    "lora": ["adapter=lora"],
-    "full": ["adapter=none", "trainer.learning_rate=5e-5"],
+    "lora": Setting(("adapter=lora",)),
+    "full": Setting(("adapter=none", "trainer.learning_rate=5e-5")),
+    "smollm2_lora": Setting(
+        (
+            "model=smollm2",
+            "objective=instruction",
+            "adapter=lora",
+            "trainer.batch_size=8",
+            "trainer.learning_rate=5e-4",
+        ),
+        max_length=128,
+    ),
 }
 
 
@@ -84,13 +104,27 @@ class Workload:
 
     name: str
     cfg: object
-    #: tessera's training items of the split (``{"input_ids", "labels"}``), as the classification objective builds them.
+    #: tessera's training items of the split, as the objective builds them: ``{"input_ids", "labels"}`` for
+    #: classification, ``{"input_ids", "lm_labels"}`` (-100 on the prompt) for the instruction objective.
     train: list
     tokenizer: object
     labels: list[str]
     steps: int
     #: The plugins of the process (:func:`tessera.core.plugins.discover`), as a ``tessera train`` has them.
     plugins: object
+    #: The model head the objective needs: ``sequence-classification`` or ``causal-lm``.
+    task: str
+
+    @property
+    def causal(self) -> bool:
+        """Whether the setting trains a decoder on token targets (the instruction objective)."""
+        return self.task == "causal-lm"
+
+    def hf_rows(self) -> list[dict]:
+        """The items as transformers models take them: token targets under ``labels`` (the model shifts them)."""
+        if self.causal:
+            return [{"input_ids": item["input_ids"], "labels": item["lm_labels"]} for item in self.train]
+        return [{"input_ids": item["input_ids"], "labels": item["labels"]} for item in self.train]
 
     @property
     def total_steps(self) -> int:
@@ -191,7 +225,7 @@ def _window_work(batches: list[list[int]], lengths: list[int]) -> tuple[int, int
 # --- shared set-up ---------------------------------------------------------------------------------------------
 
 
-def prepare_workload(name: str, overrides: list[str], steps: int, plugins) -> Workload:
+def prepare_workload(name: str, overrides: list[str], steps: int, plugins, max_length: int = MAX_LENGTH) -> Workload:
     """Compose tessera's config for a setting and tokenize its training split, trimmed to whole batches."""
     from tessera.core.cli import compose_config
     from tessera.core.data import load_splits
@@ -199,32 +233,36 @@ def prepare_workload(name: str, overrides: list[str], steps: int, plugins) -> Wo
     from tessera.core.run import compose
 
     cfg = compose_config(
-        [*overrides, f"data.max_length={MAX_LENGTH}", f"trainer.max_steps={WARMUP_STEPS + steps}"], plugins
+        [*overrides, f"data.max_length={max_length}", f"trainer.max_steps={WARMUP_STEPS + steps}"], plugins
     )
     splits = load_splits(cfg.data)
     tokenizer = load_tokenizer(cfg.model)
     batch_size = cfg.trainer.batch_size
     whole = len(splits.train) // batch_size * batch_size
-    train = compose(cfg, plugins).item_builder.items(
-        splits.train[:whole], tokenizer, cfg.data.max_length, cfg.trainer.seed
-    )
-    workload = Workload(name, cfg, train, tokenizer, splits.labels, steps, plugins)
+    composition = compose(cfg, plugins)
+    train = composition.item_builder.items(splits.train[:whole], tokenizer, cfg.data.max_length, cfg.trainer.seed)
+    workload = Workload(name, cfg, train, tokenizer, splits.labels, steps, plugins, composition.task)
     if workload.total_steps > whole // batch_size:
         raise SystemExit(f"--steps {steps} needs more than one epoch ({whole // batch_size} batches): use fewer")
     return workload
 
 
 def build_reference_model(workload: Workload):
-    """MiniLM with a fresh classification head, and the same LoRA as tessera's ``adapter.lora`` when selected."""
+    """The setting's model straight from transformers (MiniLM with a fresh classification head, or SmolLM2 as a
+    causal LM), and the same LoRA as tessera's ``adapter.lora`` when selected."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from tessera.core.models import pretrained_path
 
     torch.manual_seed(workload.cfg.trainer.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        pretrained_path(workload.cfg.model), num_labels=len(workload.labels), dtype=torch.float32
-    )
+    path = pretrained_path(workload.cfg.model)
+    if workload.causal:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(workload.labels), dtype=torch.float32
+        )
     lora = workload.cfg.adapter.get("lora")
     if lora is None:
         return model
@@ -238,7 +276,7 @@ def build_reference_model(workload: Workload):
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         modules_to_save=None if lora.modules_to_save is None else list(lora.modules_to_save),
         bias=lora.bias,
-        task_type=peft.TaskType.SEQ_CLS,
+        task_type=peft.TaskType.CAUSAL_LM if workload.causal else peft.TaskType.SEQ_CLS,
     )
     return peft.get_peft_model(model, config)
 
@@ -281,11 +319,18 @@ def run_tessera(workload: Workload) -> Measurement:
 
 def _run_transformers_trainer(workload: Workload, **efficiency) -> Measurement:
     """``transformers.Trainer`` on the workload's recipe plus the ``efficiency`` arguments, timed by a callback."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     window = Window(WARMUP_STEPS, workload.total_steps)
     shapes = []
-    pad = DataCollatorWithPadding(workload.tokenizer)
+    # the collators the Trainer's users pick: token targets padded with -100 for a decoder
+    pad = DataCollatorForSeq2Seq(workload.tokenizer) if workload.causal else DataCollatorWithPadding(workload.tokenizer)
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -297,7 +342,7 @@ def _run_transformers_trainer(workload: Workload, **efficiency) -> Measurement:
         return batch
 
     trainer_cfg = workload.cfg.trainer
-    dataset = [dict(item) for item in workload.train]
+    dataset = workload.hf_rows()
     model = build_reference_model(workload)
     with tempfile.TemporaryDirectory() as directory:
         args = TrainingArguments(
@@ -329,10 +374,9 @@ def _run_transformers_trainer(workload: Workload, **efficiency) -> Measurement:
     )
 
 
-def run_hf_trainer(workload: Workload) -> Measurement:
-    """``transformers.Trainer`` with tessera's precision, sampling and quiet bookkeeping (matched settings)."""
-    return _run_transformers_trainer(
-        workload,
+def _matched_arguments(workload: Workload) -> dict:
+    """The ``TrainingArguments`` that give the Trainer tessera's precision, sampling and quiet bookkeeping."""
+    return dict(
         bf16=workload.bf16,
         use_cpu=workload.device == "cpu",
         train_sampling_strategy="group_by_length" if workload.cfg.trainer.group_by_length else "random",
@@ -344,6 +388,17 @@ def run_hf_trainer(workload: Workload) -> Measurement:
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+
+
+def run_hf_trainer(workload: Workload) -> Measurement:
+    """``transformers.Trainer`` with tessera's precision, sampling and quiet bookkeeping (matched settings)."""
+    return _run_transformers_trainer(workload, **_matched_arguments(workload))
+
+
+def run_hf_trainer_compiled(workload: Workload) -> Measurement:
+    """The matched ``transformers.Trainer`` with ``torch_compile=True`` (inductor; its compilations of the first
+    shapes fall in the untimed warm-up, later ones in the window, as in a real run)."""
+    return _run_transformers_trainer(workload, **_matched_arguments(workload), torch_compile=True)
 
 
 def run_hf_trainer_defaults(workload: Workload) -> Measurement:
@@ -367,21 +422,25 @@ def run_plain_loop(workload: Workload) -> Measurement:
         fused=True,
     )
     scheduler = get_scheduler(workload.scheduler_name, optimizer, workload.warmup_schedule_steps, workload.total_steps)
-    input_ids = [item["input_ids"] for item in workload.train]
-    labels, pad_id = [item["labels"] for item in workload.train], workload.tokenizer.pad_token_id
+    rows, pad_id = workload.hf_rows(), workload.tokenizer.pad_token_id
+    input_ids = [row["input_ids"] for row in rows]
     batches = workload.tessera_batches()
     window = Window(WARMUP_STEPS, workload.total_steps)
     model.train()
     for step, indices in enumerate(batches, 1):
         width = max(len(input_ids[i]) for i in indices)
+
+        def padded(key: str, fill: int, indices=indices, width=width) -> list:
+            return [rows[i][key] + [fill] * (width - len(rows[i][key])) for i in indices]
+
         batch = {
-            "input_ids": torch.tensor(
-                [input_ids[i] + [pad_id] * (width - len(input_ids[i])) for i in indices], device=device
-            ),
+            "input_ids": torch.tensor(padded("input_ids", pad_id), device=device),
             "attention_mask": torch.tensor(
                 [[1] * len(input_ids[i]) + [0] * (width - len(input_ids[i])) for i in indices], device=device
             ),
-            "labels": torch.tensor([labels[i] for i in indices], device=device),
+            "labels": torch.tensor(
+                padded("labels", -100) if workload.causal else [rows[i]["labels"] for i in indices], device=device
+            ),
         }
         with torch.autocast(device, dtype=torch.bfloat16, enabled=workload.bf16):
             loss = model(**batch).loss
@@ -398,9 +457,12 @@ def run_plain_loop(workload: Workload) -> Measurement:
 CONTENDERS = {
     "tessera": run_tessera,
     "hf_trainer": run_hf_trainer,
+    "hf_trainer_compiled": run_hf_trainer_compiled,
     "hf_trainer_defaults": run_hf_trainer_defaults,
     "plain_loop": run_plain_loop,
 }
+#: The contenders run unless ``--contenders`` names others (the compiled Trainer compiles for minutes here).
+DEFAULT_CONTENDERS = ("tessera", "hf_trainer", "hf_trainer_defaults", "plain_loop")
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -418,7 +480,10 @@ def summarize(runs: dict[str, list[Measurement]]) -> dict:
             "runs": rows,
         }
     tessera = report["tessera"]
-    for other, key in (("hf_trainer", "hf"), ("hf_trainer_defaults", "hf_defaults"), ("plain_loop", "plain")):
+    others = {"hf_trainer": "hf", "hf_trainer_compiled": "hf_compiled", "hf_trainer_defaults": "hf_defaults"}
+    for other, key in {**others, "plain_loop": "plain"}.items():
+        if other not in runs:
+            continue
         report[f"ratio_tessera_vs_{key}"] = (
             tessera["samples_per_second_median"] / report[other]["samples_per_second_median"]
         )
@@ -428,6 +493,13 @@ def summarize(runs: dict[str, list[Measurement]]) -> dict:
         paired = [a.samples / a.seconds / (b.samples / b.seconds) for a, b in zip(runs["tessera"], runs[other])]
         report[f"paired_ratios_tessera_vs_{key}"] = paired
         report[f"paired_ratio_tessera_vs_{key}_median"] = statistics.median(paired)
+    matched = [name for name in ("hf_trainer", "hf_trainer_compiled") if name in runs]
+    if matched:  # the Trainer at its best matching settings: the faster of plain and compiled
+        best = max(matched, key=lambda name: report[name]["samples_per_second_median"])
+        report["hf_best_matched"] = best
+        report["ratio_tessera_vs_hf_best"] = (
+            tessera["samples_per_second_median"] / report[best]["samples_per_second_median"]
+        )
     return report
 
 
@@ -485,8 +557,8 @@ def tessera_source() -> dict:
     return {"path": package, "commit": git("rev-parse", "HEAD"), "modified": modified}
 
 
-def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
-    """Run every setting and padding policy, the contenders interleaved in each repeat; return the report."""
+def benchmark(steps: int, repeats: int, grouping: list[bool], settings: list[str], contenders: list[str]) -> dict:
+    """Run the settings under each padding policy, the contenders interleaved in each repeat; return the report."""
     import torch
     import transformers
     from accelerate.state import AcceleratorState
@@ -498,15 +570,17 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
     plugins = discover()
     prepare_hydra(plugins)
     threads = torch.get_num_threads()
-    settings = {}
+    report = {}
     for grouped in grouping:
-        for name, overrides in SETTINGS.items():
+        for name in settings:
+            setting = SETTINGS[name]
             key = name if grouped else f"{name}_no_grouping"
-            workload = prepare_workload(key, [*overrides, f"trainer.group_by_length={grouped}"], steps, plugins)
-            runs = {contender: [] for contender in CONTENDERS}
+            overrides = [*setting.overrides, f"trainer.group_by_length={grouped}"]
+            workload = prepare_workload(key, overrides, steps, plugins, setting.max_length)
+            runs = {contender: [] for contender in contenders}
             for repeat in range(repeats):
-                for contender, run in CONTENDERS.items():
-                    measured = run(workload)
+                for contender in contenders:
+                    measured = CONTENDERS[contender](workload)
                     runs[contender].append(measured)
                     print(
                         f"[{key} {repeat + 1}/{repeats}] {contender:<19} "
@@ -518,8 +592,10 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
                     # bf16 from the runs before it, and tessera's bf16 would then be refused after it.
                     AcceleratorState._reset_state(reset_partial_state=True)
                     gc.collect()
-            settings[key] = {
-                "adapter": name,
+            report[key] = {
+                "model": workload.cfg.model.name,
+                "objective": "instruction" if workload.causal else "classification",
+                "adapter": "none" if "adapter=none" in setting.overrides else "lora",
                 "group_by_length": grouped,
                 "bf16": workload.bf16,
                 "batch_size": workload.cfg.trainer.batch_size,
@@ -528,7 +604,7 @@ def benchmark(steps: int, repeats: int, grouping: list[bool]) -> dict:
             }
     if torch.get_num_threads() != threads:
         raise RuntimeError(f"a contender changed torch's threads from {threads} to {torch.get_num_threads()}")
-    return {"torch_threads": threads, "settings": settings}
+    return {"torch_threads": threads, "settings": report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,13 +619,31 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="length-grouped batches (tessera's default), random batches, or both (default on)",
     )
+    parser.add_argument(
+        "--settings",
+        default="lora,full",
+        help=f"comma-separated settings among {', '.join(SETTINGS)} (default lora,full)",
+    )
+    parser.add_argument(
+        "--contenders",
+        default=",".join(DEFAULT_CONTENDERS),
+        help=f"comma-separated contenders among {', '.join(CONTENDERS)}; tessera always runs "
+        f"(default {','.join(DEFAULT_CONTENDERS)})",
+    )
     args = parser.parse_args(argv)
     steps, repeats, grouping = args.steps, args.repeats, args.grouping
+    settings = args.settings.split(",")
+    contenders = ["tessera", *(c for c in args.contenders.split(",") if c != "tessera")]
+    unknown = [name for name in settings if name not in SETTINGS] + [c for c in contenders if c not in CONTENDERS]
+    if unknown:
+        parser.error(f"unknown setting or contender: {', '.join(unknown)}")
     if args.quick:
         steps, repeats, grouping = 5, 1, "on"
     started, load_before = time.perf_counter(), os.getloadavg()
     with contextlib.redirect_stdout(sys.stderr):
-        result = benchmark(steps, repeats, {"on": [True], "off": [False], "both": [True, False]}[grouping])
+        result = benchmark(
+            steps, repeats, {"on": [True], "off": [False], "both": [True, False]}[grouping], settings, contenders
+        )
     report = {
         "machine": machine(),
         "tessera": tessera_source(),

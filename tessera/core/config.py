@@ -75,6 +75,12 @@ class TrainerConfig:
     seed: int = 42
     #: Batch examples of similar length together (less padding, same examples per epoch).
     group_by_length: bool = True
+    #: On a CPU, dropout masks from 16-bit slices of 64-bit random draws: the same Bernoulli masks from a quarter
+    #: of the random numbers (tessera/core/speedups.py; no effect on CUDA).
+    fast_dropout: bool = True
+    #: PEFT LoRA layers computed as one ``addmm`` adding the scaled low-rank product into the frozen layer's output
+    #: (tessera/core/speedups.py).
+    fused_lora: bool = True
     #: Write a resumable checkpoint every N optimizer steps (0: only at the end of each epoch).
     checkpoint_every: int = 100
     keep_checkpoints: int = 1

@@ -6,7 +6,10 @@ selected, else a plain backward), **before the optimizer step** (gradient clippi
 A checkpoint holds the trainable weights, the optimizer, the schedule, the RNG states and the position in the
 epoch, so ``resume=true`` continues a killed run to the same result as an uninterrupted one.
 
-The checkpoint format and its atomic writes are in :mod:`tessera.core.checkpoints`.
+The checkpoint format and its atomic writes are in :mod:`tessera.core.checkpoints`. While it trains, the model
+runs with the speed-ups that ``trainer.fast_dropout`` and ``trainer.fused_lora`` select
+(:mod:`tessera.core.speedups`); they are undone before the model is returned. The loss is read back from the device
+once per optimizer step, not once per batch.
 
 On several processes (``trainer.processes``, :mod:`tessera.core.distributed`) accelerate wraps the model in DDP (or
 FSDP); each rank trains on its share of every step's batch, rank 0 alone validates and writes the checkpoints, and
@@ -30,6 +33,7 @@ from tessera.core import checkpoints, distributed
 from tessera.core.batching import batch_order, collate, model_inputs
 from tessera.core.errors import ConfigError
 from tessera.core.run import Run
+from tessera.core.speedups import training_speedups
 
 log = logging.getLogger("tessera")
 
@@ -297,8 +301,18 @@ class Trainer:
 
     def fit(self):
         """Train to the end (from the last checkpoint when ``resume=true``) and return the unwrapped model."""
-        if self.local:
-            return self._fit_round()
+        with training_speedups(self.unwrapped(), self.cfg, self.accelerator.device.type):
+            if self.local:
+                self._fit_round()
+            else:
+                self._fit_run()
+        if self.fsdp:
+            return self._gathered_model()
+        return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+
+    def _fit_run(self) -> None:
+        """The run's training: from the last checkpoint when ``resume=true``, with validation, events and
+        checkpoints."""
         if self.run.cfg.resume:
             self._restore()
         elif self.accelerator.is_main_process:
@@ -322,7 +336,7 @@ class Trainer:
                 batch = self.make_batch(batches[position], position)
                 loss = self.compute_loss(batch)
                 self.backward(batch, loss)
-                losses.append(loss.item())
+                losses.append(loss.detach())  # read once per optimizer step, not per batch
                 samples += len(batches[position])
                 if (position + 1) % accumulation and position + 1 < len(batches):
                     continue
@@ -334,7 +348,7 @@ class Trainer:
                 self.batches_done = position + 1
                 elapsed = time.perf_counter() - started
                 metrics = {
-                    "loss": self._mean_across_ranks(sum(losses) / len(losses)),
+                    "loss": self._mean_across_ranks((sum(losses) / len(losses)).item()),
                     "lr": self.scheduler.get_last_lr()[0],
                     "samples_per_second": samples * self.processes / elapsed if elapsed > 0 else 0.0,
                     "epoch": self.epoch + self.batches_done / len(batches),
@@ -352,9 +366,6 @@ class Trainer:
                 self.history["validation"].append({"epoch": self.epoch, **validation})
                 self.run.events.epoch_end(self.epoch, validation)
                 self._checkpoint()
-        if self.fsdp:
-            return self._gathered_model()
-        return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
 
     @property
     def fsdp(self) -> bool:
@@ -399,7 +410,7 @@ class Trainer:
         tensor = torch.tensor(value, dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(tensor, reduction="mean").item()
 
-    def _fit_round(self):
+    def _fit_round(self) -> None:
         """A federated client's local training: the round's epochs (or steps), nothing written, no event."""
         self.model.train()
         losses = []
@@ -409,7 +420,7 @@ class Trainer:
                 batch = self.make_batch(indices, position)
                 loss = self.compute_loss(batch)
                 self.backward(batch, loss)
-                losses.append(loss.item())
+                losses.append(loss.detach())  # read once per optimizer step, not per batch
                 if (position + 1) % self.cfg.gradient_accumulation_steps and position + 1 < len(batches):
                     continue
                 self.before_optimizer_step()
@@ -420,8 +431,7 @@ class Trainer:
                 if self._finished():
                     break
             self.epoch += 1
-        self.history["train"].append({"step": self.global_step, "loss": sum(losses) / max(1, len(losses))})
-        return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+        self.history["train"].append({"step": self.global_step, "loss": float(sum(losses) / max(1, len(losses)))})
 
     def _finished(self) -> bool:
         return self.global_step >= self.total_steps
