@@ -1,8 +1,10 @@
 """Training throughput: tessera's Trainer against the Hugging Face ``Trainer`` and a hand-written PyTorch loop.
 
-Each contender trains MiniLM on the movie-review sentences for ``--steps`` optimizer steps after ``WARMUP_STEPS``
-untimed ones, with the same batch size, ``max_length``, learning rate, warm-up, weight decay and gradient
-clipping. Four contenders:
+Each contender trains the setting's model on the movie-review sentences for ``--steps`` optimizer steps after
+``WARMUP_STEPS`` untimed ones, with the same batch size, ``max_length``, learning rate, warm-up, weight decay and
+gradient clipping. Settings (``--settings``): ``lora`` and ``full`` (MiniLM classification, LoRA or full
+fine-tuning) and ``smollm2_lora`` (SmolLM2-135M + LoRA on the instruction objective, batch 8, length 128).
+Contenders (``--contenders``; the first four by default):
 
 * **tessera**: the config from ``tessera.core.cli.compose_config``, a ``Run`` in a temporary directory, the model
   and adapters built and ``Trainer(...).fit()`` called as ``tessera.core.pipeline.execute`` does, with the built-in
@@ -27,7 +29,11 @@ clipping. Four contenders:
   itself when given a tokenizer. The resolved values are printed under ``hf_trainer_defaults_arguments``;
 * **plain_loop**: ``torch.optim.AdamW(..., fused=True)`` with the same decay / no-decay groups as tessera, the same
   schedule, bf16 autocast when tessera uses it, clipping, padding in the loop, over the same batches (same example
-  indices, hence the same padded shapes) as tessera.
+  indices, hence the same padded shapes) as tessera;
+* **hf_trainer_compiled**: the matched Trainer with ``torch_compile=True``;
+* **tessera_compiled**: tessera with ``trainer.compile=true``;
+* **tessera_without_speedups**: tessera with ``trainer.fast_dropout=false trainer.fused_lora=false`` (what the two
+  speed-ups add).
 
 Timing: every contender stamps ``time.perf_counter()`` at the end of optimizer step ``WARMUP_STEPS`` and at the
 end of the last step, from its own step-end point (tessera: a ``tessera_step_end`` hook registered ``trylast``,
@@ -284,8 +290,11 @@ def build_reference_model(workload: Workload):
 # --- contenders ------------------------------------------------------------------------------------------------
 
 
-def run_tessera(workload: Workload) -> Measurement:
-    """tessera's Trainer, driven as ``pipeline.execute`` drives it, timed by a ``tessera_step_end`` hook."""
+def run_tessera(workload: Workload, **trainer_keys) -> Measurement:
+    """tessera's Trainer, driven as ``pipeline.execute`` drives it, timed by a ``tessera_step_end`` hook;
+    ``trainer_keys`` change ``trainer.*`` settings (``compile=True``)."""
+    from omegaconf import OmegaConf
+
     from tessera import hookimpl
     from tessera.core.models import load_model
     from tessera.core.run import Run, compose
@@ -298,7 +307,7 @@ def run_tessera(workload: Workload) -> Measurement:
         def tessera_step_end(self, run, step, metrics):
             window.step_end(step)
 
-    cfg = workload.cfg
+    cfg = OmegaConf.merge(workload.cfg, {"trainer": trainer_keys}) if trainer_keys else workload.cfg
     composition = compose(cfg, workload.plugins)
     composition.plugins.manager.register(Timer(), name="bench.timer")
     with tempfile.TemporaryDirectory() as directory:
@@ -454,8 +463,20 @@ def run_plain_loop(workload: Workload) -> Measurement:
     return window.measurement(samples, tokens, model, "bf16" if workload.bf16 else "no")
 
 
+def run_tessera_compiled(workload: Workload) -> Measurement:
+    """tessera's Trainer with ``trainer.compile=true`` (its compilations fall in the window as the Trainer's do)."""
+    return run_tessera(workload, compile=True)
+
+
+def run_tessera_without_speedups(workload: Workload) -> Measurement:
+    """tessera's Trainer with ``trainer.fast_dropout=false trainer.fused_lora=false``: what the two speed-ups add."""
+    return run_tessera(workload, fast_dropout=False, fused_lora=False)
+
+
 CONTENDERS = {
     "tessera": run_tessera,
+    "tessera_compiled": run_tessera_compiled,
+    "tessera_without_speedups": run_tessera_without_speedups,
     "hf_trainer": run_hf_trainer,
     "hf_trainer_compiled": run_hf_trainer_compiled,
     "hf_trainer_defaults": run_hf_trainer_defaults,
@@ -481,7 +502,12 @@ def summarize(runs: dict[str, list[Measurement]]) -> dict:
         }
     tessera = report["tessera"]
     others = {"hf_trainer": "hf", "hf_trainer_compiled": "hf_compiled", "hf_trainer_defaults": "hf_defaults"}
-    for other, key in {**others, "plain_loop": "plain"}.items():
+    for other, key in {
+        **others,
+        "plain_loop": "plain",
+        "tessera_compiled": "tessera_compiled",
+        "tessera_without_speedups": "tessera_without_speedups",
+    }.items():
         if other not in runs:
             continue
         report[f"ratio_tessera_vs_{key}"] = (

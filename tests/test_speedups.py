@@ -97,3 +97,29 @@ def test_training_speedups_follow_the_trainer_keys_and_are_undone():
     with training_speedups(model, SimpleNamespace(fast_dropout=True, fused_lora=False), "cuda"):
         assert not any(type(m).__name__ == "FastDropout" for m in model.modules())  # CPU only
         assert not any("forward" in vars(m) for m in model.modules())
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_and_exports_the_plain_model(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from conftest import tessera
+
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        "data.limit_train=32",
+        "data.limit_eval=16",
+        "trainer.epochs=1",
+        "trainer.compile=true",
+        f"hydra.run.dir={tmp_path}/run",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    losses = [step["loss"] for step in json.loads((run / "metrics.json").read_text())["train"]]
+    assert losses and all(loss == loss for loss in losses)  # no NaN
+    with safe_open(str(run / "export" / "model.safetensors"), "pt") as weights:
+        assert not [key for key in weights.keys() if "_orig_mod" in key]

@@ -81,6 +81,9 @@ class TrainerConfig:
     #: PEFT LoRA layers computed as one ``addmm`` adding the scaled low-rank product into the frozen layer's output
     #: (tessera/core/speedups.py).
     fused_lora: bool = True
+    #: ``torch.compile`` the model for training (dynamic shapes: one graph for every batch length). Off by default:
+    #: on the benchmark's CPU compiling cost more than it saved (docs/benchmarks.md).
+    compile: bool = False
     #: Write a resumable checkpoint every N optimizer steps (0: only at the end of each epoch).
     checkpoint_every: int = 100
     keep_checkpoints: int = 1

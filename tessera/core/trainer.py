@@ -241,6 +241,8 @@ class Trainer:
             num_training_steps=total,
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.cfg.compile:  # traced at the first batch, after the speed-ups are in place
+            self.model = torch.compile(self.model, dynamic=True)
         self.scheduler = scheduler
         self.objectives = run.composition.selected("objective")
         self.compressors = run.composition.selected("compress")
