@@ -3,7 +3,7 @@
 Each contender trains the setting's model on the movie-review sentences for ``--steps`` optimizer steps after
 ``WARMUP_STEPS`` untimed ones, with the same batch size, ``max_length``, learning rate, warm-up, weight decay and
 gradient clipping. Settings (``--settings``): ``lora`` and ``full`` (MiniLM classification, LoRA or full
-fine-tuning) and ``smollm2_lora`` (SmolLM2-135M + LoRA on the instruction objective, batch 8, length 128).
+fine-tuning), ``lora_no_adapter_dropout`` (the same LoRA with ``adapter.lora.dropout=0``) and ``smollm2_lora`` (SmolLM2-135M + LoRA on the instruction objective, batch 8, length 128).
 Contenders (``--contenders``; the first four by default):
 
 * **tessera**: the config from ``tessera.core.cli.compose_config``, a ``Run`` in a temporary directory, the model
@@ -90,6 +90,7 @@ class Setting:
 #: done); SmolLM2 + LoRA trains on the instruction objective as ``experiment=instruct`` does (batch 8, length 128).
 SETTINGS = {
     "lora": Setting(("adapter=lora",)),
+    "lora_no_adapter_dropout": Setting(("adapter=lora", "adapter.lora.dropout=0.0")),
     "full": Setting(("adapter=none", "trainer.learning_rate=5e-5")),
     "smollm2_lora": Setting(
         (
