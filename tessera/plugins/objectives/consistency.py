@@ -46,7 +46,8 @@ class ConsistencyConfig(ObjectiveConfig):
 
     #: The augmenter (``augment`` family) that makes the augmented versions of the unlabelled texts.
     augment: str = "backtranslate"
-    #: Its parameters (``{pivot: spa}``, ``{translator: smollm2}``, ``{copies: 2}``); its cache is on by default.
+    #: Its parameters, set as ``++objective.consistency.augment_options={pivot: cat, copies: 2}``; its cache is on
+    #: unless they turn it off.
     augment_options: dict[str, Any] = field(default_factory=dict)
     #: Unlabelled pairs per labelled example of a batch (UDA's unsupervised-to-supervised batch ratio).
     ratio: float = 1.0
