@@ -36,13 +36,13 @@ CONDITIONS = {
 }
 
 
-def base_overrides(args, seed: int) -> list[str]:
-    """The composition shared by every condition."""
+def base_overrides(args, seed: int, labelled: int = 500) -> list[str]:
+    """The composition shared by every condition, on the first ``labelled`` training sentences."""
     return [
         "model=minilm",
         "adapter=lora",
         "data=movie_reviews",
-        "data.limit_train=500",
+        f"data.limit_train={labelled}",
         f"data.limit_eval={args.test_sentences}",
         f"data.max_length={args.max_length}",
         f"trainer.batch_size={args.batch_size}",
