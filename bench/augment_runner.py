@@ -46,6 +46,26 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     return metrics
 
 
+def composition(args, seed: int, train_sentences: int) -> list[str]:
+    """The overrides every robustness benchmark's conditions share: MiniLM + LoRA on the first ``train_sentences``
+    movie-review sentences, ``args.steps`` optimizer steps of ``args.batch_size`` (``args``: the benchmark's
+    ``--test-sentences``, ``--max-length``, ``--batch-size``, ``--steps`` and ``--learning-rate``)."""
+    return [
+        "model=minilm",
+        "adapter=lora",
+        "data=movie_reviews",
+        f"data.limit_train={train_sentences}",
+        f"data.limit_eval={args.test_sentences}",
+        f"data.max_length={args.max_length}",
+        f"trainer.batch_size={args.batch_size}",
+        "trainer.epochs=1000",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.learning_rate={args.learning_rate}",
+        f"trainer.seed={seed}",
+        "trainer.checkpoint_every=0",
+    ]
+
+
 def run_all(tasks: list, jobs: int) -> list:
     """Call every task (a function of no arguments) with ``jobs`` of them running at once, in list order; return
     their results in that order. Tasks are listed seed by seed, so the conditions of a seed run side by side."""

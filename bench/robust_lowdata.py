@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from adversarial import attack_report, step_seconds
+from adversarial import attack_report, attack_setup, step_seconds
 from adversarial import base_overrides as robust_overrides
 from augment_lowdata import CONDITIONS as AUGMENT_CONDITIONS
 from augment_lowdata import base_overrides as lowdata_overrides
@@ -126,13 +126,7 @@ def robust_part(args, root: Path) -> dict:
             "train_sentences": args.train_sentences,
             "test_sentences": args.test_sentences,
             "optimizer_steps": args.steps,
-            "attack": {
-                "kind": "synonym",
-                "examples": args.attack_examples,
-                "query_budget": args.query_budget,
-                "similarity": "minilm >= 0.8",
-                "max_perturbed": 0.25,
-            },
+            "attack": attack_setup(args),
             "conditions": ROBUST,
         },
         "results": results,

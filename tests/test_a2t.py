@@ -6,6 +6,7 @@ import functools
 
 import pytest
 from omegaconf import OmegaConf
+from test_adversaries import tiny_model as adversaries_tiny_model
 
 from conftest import load_json, tessera
 from tessera.core.errors import ConfigError
@@ -31,20 +32,8 @@ def tokenizer():
 
 
 def tiny_model(seed=0):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tokenizer().vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(config).train()
+    """A 2-layer BERT of hidden size 32 over the MiniLM vocabulary, random weights, no dropout."""
+    return adversaries_tiny_model(seed, tokenizer().vocab_size)
 
 
 def make_batch(texts=SENTENCES, labels=(1, 0, 0, 1)):
