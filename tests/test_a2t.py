@@ -123,6 +123,29 @@ def test_a2t_attacks_its_share_of_the_batch_and_never_protected_words():
         assert changes(original, text) and not {before for before, _ in changes(original, text)} & set(protected)
 
 
+class AllowedWords:
+    """Word similarities from a set of allowed substitutes (1.0) and 0.0 for the rest: the constraint without a
+    model."""
+
+    def __init__(self, allowed):
+        self.allowed = allowed
+
+    def remember(self, words):
+        list(words)
+
+    def word_similarity(self, word, substitutes):
+        return [1.0 if s in self.allowed else 0.0 for s in substitutes]
+
+
+def test_the_word_similarity_constraint_limits_the_substitutes():
+    a2t = adversary(share=1.0, max_perturbed=1.0, min_word_similarity=0.5)
+    a2t.encoder = AllowedWords({"tale", "fantastic", "terrific"})
+    adversarial = attack_once(a2t)
+    for original, text in paired(decode(adversarial[-1])):
+        assert {after for _, after in changes(original, text)} <= {"tale", "fantastic", "terrific"}
+    assert a2t.counts["perturbed"] >= 1
+
+
 def test_a2t_waits_for_its_start_epoch():
     a2t = adversary(share=1.0, start_epoch=1.0)
     assert attack_once(a2t) == [] and a2t.counts["attacked"] == 0
@@ -197,6 +220,7 @@ def test_a2t_reaches_through_a_lora_wrapper():
         ({"search": "beam"}, "adversary.a2t.search=beam"),
         ({"share": 0.0}, "adversary.a2t.share=0.0"),
         ({"max_perturbed": 1.5}, "adversary.a2t.max_perturbed=1.5"),
+        ({"min_word_similarity": -0.1}, "adversary.a2t.min_word_similarity=-0.1"),
     ],
 )
 def test_bad_settings_are_refused(options, message):
@@ -225,3 +249,31 @@ def test_a2t_in_a_composed_training_run(tmp_path):
     assert load_json(tmp_path / "run" / "run.json")["composition"]["adversary"] == ["a2t"]
     report = load_json(tmp_path / "run" / "adversary" / "a2t.json")
     assert report["attacked"] == 4 * 4 and report["perturbed"] > 0 and report["mean_words_substituted"] >= 1
+
+
+@pytest.mark.slow
+def test_a2t_on_the_real_model_then_tessera_eval(tmp_path):
+    run_dir = tmp_path / "a2t"
+    trained = tessera(
+        "train",
+        "model=minilm",
+        "adapter=lora",
+        "adversary=a2t",
+        "data.limit_train=160",
+        "data.limit_eval=40",
+        "data.max_length=48",
+        "trainer.batch_size=16",
+        "trainer.epochs=1",
+        "trainer.checkpoint_every=0",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = load_json(run_dir / "adversary" / "a2t.json")
+    assert report["attacked"] == 80 and report["perturbed"] > 40
+    evaluated = tessera("eval", str(run_dir), "attack=synonym", "examples=10", "query_budget=30")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    attack = load_json(run_dir / "attack" / "synonym" / "report.json")
+    assert attack["examples"] == 10 and attack["mean_queries"] <= 30 + 64
+    assert {"attack_success_rate", "mean_queries_attacked", "mean_queries_per_success", "budget_exhausted"} <= set(
+        attack
+    )

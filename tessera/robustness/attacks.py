@@ -124,11 +124,15 @@ class SentenceEncoder:
         vectors = self.embed([original, *texts])
         return vectors[1:] @ vectors[0]
 
-    def word_similarity(self, word: str, substitutes: list[str]) -> list[float]:
-        """Cosine similarity of each substitute to ``word``, all embedded on their own (lower case, cached)."""
-        missing = [w for w in dict.fromkeys([word.lower(), *(s.lower() for s in substitutes)]) if w not in self.words]
+    def remember(self, words) -> None:
+        """Embed the ``words`` (each on its own, lower case) not embedded yet, in one batch."""
+        missing = [w for w in dict.fromkeys(word.lower() for word in words) if w not in self.words]
         if missing:
             self.words.update(zip(missing, self.embed(missing)))
+
+    def word_similarity(self, word: str, substitutes: list[str]) -> list[float]:
+        """Cosine similarity of each substitute to ``word``, all embedded on their own (lower case, cached)."""
+        self.remember([word, *substitutes])
         reference = self.words[word.lower()]
         return [float(self.words[s.lower()] @ reference) for s in substitutes]
 

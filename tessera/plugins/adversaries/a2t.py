@@ -51,6 +51,9 @@ class A2TConfig(TechniqueConfig):
     candidates: str = "wordnet"
     #: ``candidates=embedding``: the least cosine similarity between a word's embedding and a neighbour's.
     min_embedding_similarity: float = 0.5
+    #: The least cosine similarity between the MiniLM embeddings of a word and of its substitute, each on its own
+    #: (the word-level constraint of ``tessera eval``); 0: no constraint.
+    min_word_similarity: float = 0.0
     #: ``gradient`` (first-order estimate of the loss, no extra pass) or ``greedy`` (model queries per word).
     search: str = "gradient"
     #: The epoch (fractional, as the step metrics count it) from which on batches are attacked; clean before.
@@ -73,6 +76,7 @@ class A2T(EmbeddingAdversary):
         self.tokenizer = None
         self.step_number, self.calls, self.epoch = 0, 0, 0.0
         self.neighbour_table = None
+        self.encoder = None
         self.neighbour_cache: dict[str, list[str]] = {}
         self.word_ids_cache: dict[str, list[int]] = {}
         self.counts = {"attacked": 0, "perturbed": 0, "words_substituted": 0, "queries": 0, "gradient_passes": 0}
@@ -86,6 +90,8 @@ class A2T(EmbeddingAdversary):
         for key in ("share", "max_perturbed"):
             if not 0 < getattr(config, key) <= 1:
                 raise ConfigError(f"{prefix}.{key}={getattr(config, key)}: set it in (0, 1]")
+        if not 0 <= config.min_word_similarity <= 1:
+            raise ConfigError(f"{prefix}.min_word_similarity={config.min_word_similarity}: set it in [0, 1]")
         if config.max_candidates < 1 or config.start_epoch < 0 or config.weight <= 0:
             raise ConfigError(f"{prefix}: max_candidates must be 1 or more, start_epoch >= 0 and weight > 0")
         if composition.task != "sequence-classification":
@@ -133,6 +139,7 @@ class A2T(EmbeddingAdversary):
         examples = [self._example(step.batch, row, gradient) for row in rows]
         self._fill_gradients(step, [e for e in examples if e.gradient is None])
         self._prepare_neighbours(step)
+        self._prepare_candidates(examples)
         if self.config.search == "greedy":
             self._greedy(step, examples)
         else:
@@ -221,6 +228,35 @@ class A2T(EmbeddingAdversary):
 
     # --- candidates ------------------------------------------------------------------------------------------
 
+    def _prepare_candidates(self, examples: list[_Example]) -> None:
+        """Every word's substitutes, the word-level constraint applied (the words embedded in one batch)."""
+        for example in examples:
+            example.substitutes = [self._substitutes(example, index) for index in range(len(example.original))]
+        if self.config.min_word_similarity <= 0:
+            return
+        if self.encoder is None:
+            from tessera.robustness.attacks import SentenceEncoder
+
+            self.encoder = SentenceEncoder()
+        self.encoder.remember(
+            word
+            for example in examples
+            for index, found in enumerate(example.substitutes)
+            if found
+            for word in [example.original[index], *found]
+        )
+        for example in examples:
+            example.substitutes = [
+                [
+                    s
+                    for s, score in zip(found, self.encoder.word_similarity(word, found))
+                    if score >= self.config.min_word_similarity
+                ]
+                if found
+                else found
+                for word, found in zip(example.original, example.substitutes)
+            ]
+
     def _substitutes(self, example: _Example, index: int) -> list[str]:
         listed = example.original
         if self.config.candidates == "wordnet":
@@ -299,7 +335,7 @@ class A2T(EmbeddingAdversary):
         norms = example.gradient.norm(dim=-1)
         found = []
         for index, tokens in positions.items():
-            substitutes = self._substitutes(example, index)
+            substitutes = example.substitutes[index]
             if substitutes:
                 found.append((float(norms[tokens].sum()), index, substitutes, tokens))
         found.sort(key=lambda entry: -entry[0])
@@ -391,8 +427,9 @@ class _Example:
     gradient: object = None
     substituted: int = 0
     flipped: bool = False
-    #: The words before any substitution (the context the substitutes are chosen in).
+    #: The words before any substitution (the context the substitutes are chosen in), and their substitutes.
     original: list[str] = field(default_factory=list)
+    substitutes: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self):
         self.original = self.words.list()
