@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,6 +124,7 @@ def robust_part(args, root: Path) -> dict:
     clean = results["a2t"]["clean_accuracy_vs_plain_points"]
     return {
         "setup": {
+            "seeds": args.seeds,
             "train_sentences": args.train_sentences,
             "test_sentences": args.test_sentences,
             "optimizer_steps": args.steps,
@@ -141,7 +143,8 @@ def robust_part(args, root: Path) -> dict:
 
 def lowdata_part(args, root: Path) -> dict:
     conditions = lowdata_conditions(args)
-    plan = [(labels, seed, name) for labels in args.labels for seed in args.seeds for name in conditions]
+    seeds = args.lowdata_seeds or args.seeds
+    plan = [(labels, seed, name) for labels in args.labels for seed in seeds for name in conditions]
 
     def task(labels: int, seed: int, name: str):
         def run():
@@ -175,6 +178,7 @@ def lowdata_part(args, root: Path) -> dict:
     met = gains.get("500", float("-inf")) >= 3 and gains.get("100", float("-inf")) > gains.get("500", float("inf"))
     return {
         "setup": {
+            "seeds": seeds,
             "labelled_sentences": args.labels,
             "unlabelled_sentences": args.unlabelled,
             "smollm2_unlabelled_sentences": args.smollm2_unlabelled,
@@ -204,6 +208,7 @@ def main() -> None:
     parser.add_argument("--attack-examples", type=int, default=100)
     parser.add_argument("--query-budget", type=int, default=100)
     parser.add_argument("--labels", type=int, nargs="+", default=[100, 500], help="lowdata part")
+    parser.add_argument("--lowdata-seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument("--unlabelled", type=int, default=1000, help="unlabelled sentences for consistency training")
     parser.add_argument("--smollm2-unlabelled", type=int, default=0, help="0: the SmolLM2 condition is not run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each training / attack process")
@@ -214,7 +219,7 @@ def main() -> None:
     set_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="robust-lowdata-"))
     started = time.perf_counter()
-    result = {"benchmark": "robust_lowdata", "seeds": args.seeds, "threads": args.threads, "jobs": args.jobs}
+    result = {"benchmark": "robust_lowdata", "threads": args.threads, "jobs": args.jobs, "command": sys.argv[1:]}
     if "robust" in args.parts:
         result["robust"] = robust_part(args, root)
     if "lowdata" in args.parts:
