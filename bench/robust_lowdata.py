@@ -33,7 +33,7 @@ from adversarial import attack_report, attack_setup, step_seconds
 from adversarial import base_overrides as robust_overrides
 from augment_lowdata import CONDITIONS as AUGMENT_CONDITIONS
 from augment_lowdata import base_overrides as lowdata_overrides
-from augment_runner import log, machine, mean_std, run_all, set_threads, train
+from augment_runner import accuracy, log, machine, mean_std, run_all, set_threads, train
 
 #: The robustness conditions: the embedding adversaries at their defaults, a2t as the bench sets it.
 ROBUST = {
@@ -64,12 +64,6 @@ def lowdata_conditions(args) -> dict[str, list[str]]:
             "++objective.consistency.augment_options={translator: smollm2}",
         ]
     return conditions
-
-
-def accuracy(metrics: dict) -> float:
-    """Test accuracy of a run (``classification_accuracy`` when several objectives share the run)."""
-    test = metrics["test"]
-    return test.get("accuracy", test.get("classification_accuracy"))
 
 
 def summarize(values: dict[str, dict[str, list]], baseline: str = "plain") -> dict:

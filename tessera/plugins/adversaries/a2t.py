@@ -97,6 +97,13 @@ class A2T(EmbeddingAdversary):
         if composition.task != "sequence-classification":
             objective = composition.selected("objective")[0]
             raise IncompatibleError(self.label, objective.label, "a2t attacks the labels of a sequence classifier")
+        aggregators = composition.selected("aggregator")
+        if aggregators and config.start_epoch > 0:
+            raise IncompatibleError(
+                self.label,
+                aggregators[0].label,
+                "federated clients fire no step events: set adversary.a2t.start_epoch=0",
+            )
         self.cfg = composition.cfg
 
     # --- events ---------------------------------------------------------------------------------------------
