@@ -234,6 +234,18 @@ def test_a2t_needs_a_classifier(tmp_path):
     assert "adversary=a2t" in result.stderr and "sequence classifier" in result.stderr
 
 
+def test_a2t_refuses_a_start_epoch_in_a_federated_stage(tmp_path):
+    result = tessera(
+        "train",
+        "experiment=smoke",
+        "aggregator=fedavg",
+        "adversary=a2t",
+        "adversary.a2t.start_epoch=1",
+        f"hydra.run.dir={tmp_path}/r",
+    )
+    assert result.returncode != 0 and "set adversary.a2t.start_epoch=0" in result.stderr
+
+
 def test_a2t_in_a_composed_training_run(tmp_path):
     result = tessera(
         "train",
