@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment_runner import log, machine, mean_std, run_all, set_threads, tessera, train
+from augment_runner import composition, log, machine, mean_std, run_all, set_threads, tessera, train
 
 CONDITIONS = {  # each adversary at its built-in defaults (epsilon 0.05; pgd and freelb: step_size 0.02, 3 steps)
     "plain": ["adversary=none"],
@@ -35,6 +35,36 @@ CONDITIONS = {  # each adversary at its built-in defaults (epsilon 0.05; pgd and
 def step_seconds(metrics: dict, batch_size: int) -> float:
     """Median seconds per optimizer step of a run, from its training history."""
     return statistics.median(batch_size / step["samples_per_second"] for step in metrics["train"])
+
+
+def base_overrides(args, seed: int) -> list[str]:
+    """The composition every condition shares (MiniLM + LoRA on ``--train-sentences`` movie-review sentences)."""
+    return composition(args, seed, args.train_sentences)
+
+
+def attack_setup(args) -> dict:
+    """The attack's settings, as the JSON records them."""
+    return {
+        "kind": "synonym",
+        "examples": args.attack_examples,
+        "query_budget": args.query_budget,
+        "similarity": "minilm >= 0.8",
+        "max_perturbed": 0.25,
+    }
+
+
+def attack_report(run_dir: Path, args) -> dict:
+    """``tessera eval RUN attack=synonym`` on the first ``--attack-examples`` test sentences (reused when done)."""
+    report_file = run_dir / "attack" / "synonym" / "report.json"
+    if not report_file.is_file():
+        tessera(
+            "eval",
+            str(run_dir),
+            "attack=synonym",
+            f"examples={args.attack_examples}",
+            f"query_budget={args.query_budget}",
+        )
+    return json.loads(report_file.read_text())
 
 
 def main() -> None:
@@ -62,34 +92,8 @@ def main() -> None:
     def task(seed: int, name: str):
         def run():
             run_dir = root / f"{name}-seed{seed}"
-            metrics = train(
-                run_dir,
-                [
-                    "model=minilm",
-                    "adapter=lora",
-                    "data=movie_reviews",
-                    f"data.limit_train={args.train_sentences}",
-                    f"data.limit_eval={args.test_sentences}",
-                    f"data.max_length={args.max_length}",
-                    f"trainer.batch_size={args.batch_size}",
-                    "trainer.epochs=1000",
-                    f"trainer.max_steps={args.steps}",
-                    f"trainer.learning_rate={args.learning_rate}",
-                    f"trainer.seed={seed}",
-                    "trainer.checkpoint_every=0",
-                    *conditions[name],
-                ],
-            )
-            report_file = run_dir / "attack" / "synonym" / "report.json"
-            if not report_file.is_file():
-                tessera(
-                    "eval",
-                    str(run_dir),
-                    "attack=synonym",
-                    f"examples={args.attack_examples}",
-                    f"query_budget={args.query_budget}",
-                )
-            report = json.loads(report_file.read_text())
+            metrics = train(run_dir, base_overrides(args, seed) + conditions[name])
+            report = attack_report(run_dir, args)
             log(f"{name}-seed{seed}: under attack {report['accuracy_under_attack']:.3f}")
             return metrics, report
 
@@ -129,13 +133,7 @@ def main() -> None:
                     "threads": args.threads,
                     "jobs": args.jobs,
                     "learning_rate": args.learning_rate,
-                    "attack": {
-                        "kind": "synonym",
-                        "examples": args.attack_examples,
-                        "query_budget": args.query_budget,
-                        "similarity": "minilm >= 0.8",
-                        "max_perturbed": 0.25,
-                    },
+                    "attack": attack_setup(args),
                     "conditions": conditions,
                 },
                 "results": results,

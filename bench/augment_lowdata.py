@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from augment_runner import log, machine, mean_std, run_all, set_threads, train
+from augment_runner import composition, log, machine, mean_std, run_all, set_threads, train
 
 CONDITIONS = {
     "none": ["augment=none"],
@@ -36,22 +36,9 @@ CONDITIONS = {
 }
 
 
-def base_overrides(args, seed: int) -> list[str]:
-    """The composition shared by every condition."""
-    return [
-        "model=minilm",
-        "adapter=lora",
-        "data=movie_reviews",
-        "data.limit_train=500",
-        f"data.limit_eval={args.test_sentences}",
-        f"data.max_length={args.max_length}",
-        f"trainer.batch_size={args.batch_size}",
-        "trainer.epochs=1000",
-        f"trainer.max_steps={args.steps}",
-        f"trainer.learning_rate={args.learning_rate}",
-        f"trainer.seed={seed}",
-        "trainer.checkpoint_every=0",
-    ]
+def base_overrides(args, seed: int, labelled: int = 500) -> list[str]:
+    """The composition shared by every condition, on the first ``labelled`` training sentences."""
+    return composition(args, seed, labelled)
 
 
 def main() -> None:

@@ -42,8 +42,34 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     tessera("train", *overrides, f"hydra.run.dir={run_dir}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["wall_seconds"] = time.perf_counter() - started
-    log(f"{run_dir.name}: test accuracy {metrics['test']['accuracy']:.4f} ({metrics['wall_seconds']:.0f} s)")
+    log(f"{run_dir.name}: test accuracy {accuracy(metrics):.4f} ({metrics['wall_seconds']:.0f} s)")
     return metrics
+
+
+def composition(args, seed: int, train_sentences: int) -> list[str]:
+    """The overrides every robustness benchmark's conditions share: MiniLM + LoRA on the first ``train_sentences``
+    movie-review sentences, ``args.steps`` optimizer steps of ``args.batch_size`` (``args``: the benchmark's
+    ``--test-sentences``, ``--max-length``, ``--batch-size``, ``--steps`` and ``--learning-rate``)."""
+    return [
+        "model=minilm",
+        "adapter=lora",
+        "data=movie_reviews",
+        f"data.limit_train={train_sentences}",
+        f"data.limit_eval={args.test_sentences}",
+        f"data.max_length={args.max_length}",
+        f"trainer.batch_size={args.batch_size}",
+        "trainer.epochs=1000",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.learning_rate={args.learning_rate}",
+        f"trainer.seed={seed}",
+        "trainer.checkpoint_every=0",
+    ]
+
+
+def accuracy(metrics: dict) -> float:
+    """Test accuracy of a run (``classification_accuracy`` when several objectives share the run)."""
+    test = metrics["test"]
+    return test["accuracy"] if "accuracy" in test else test["classification_accuracy"]
 
 
 def run_all(tasks: list, jobs: int) -> list:

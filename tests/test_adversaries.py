@@ -12,13 +12,13 @@ from tessera.plugins.adversaries.pgd import Pgd
 from tessera.plugins.adversaries.vat import Vat, VatConfig
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, vocab_size=100):
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=100,
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,

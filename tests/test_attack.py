@@ -78,9 +78,43 @@ def test_summary_metrics():
         AttackResult("a", "a", 0, 1, 1, "misclassified"),
         AttackResult("a", "a", 1, 1, 1, "skipped", reason="no_replaceable_word"),
     ]
+    results[0].queries, results[1].queries, results[1].exhausted, results[2].queries = 12, 30, True, 1
     summary = summarize(results)
     assert summary["clean_accuracy"] == 0.75 and summary["accuracy_under_attack"] == 0.5
     assert summary["attack_success_rate"] == 0.5 and summary["mean_perturbed_share"] == 0.2
+    assert summary["mean_queries"] == 43 / 4 and summary["mean_queries_attacked"] == 21
+    assert summary["mean_queries_per_success"] == 12 and summary["budget_exhausted"] == 1
+
+
+class WordEncoder:
+    """Word similarities from a table (1.0 for a word itself): the word-level constraint without a model."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def word_similarity(self, word, substitutes):
+        return [1.0 if s == word else self.table.get((word, s), 0.0) for s in substitutes]
+
+
+def test_the_word_similarity_constraint_drops_distant_substitutes():
+    text = "the acting in this film is good"
+    substitutes = GreedyAttack("synonym", KeywordVictim(), AttackConfig(similarity="none")).substitutes(
+        Words(text).list(), 6, text
+    )
+    close = {("good", substitutes[-1]): 0.9}
+    strict = AttackConfig(similarity="none", min_word_similarity=0.5)
+    result = GreedyAttack("synonym", KeywordVictim(), strict, WordEncoder(close)).run(text, 1)
+    assert result.status == "success" and Words(result.adversarial).list()[6] == substitutes[-1]
+    nothing_close = GreedyAttack("synonym", KeywordVictim(), strict, WordEncoder({})).run(text, 1)
+    assert nothing_close.status == "failed" and nothing_close.adversarial == text
+    off = GreedyAttack("synonym", KeywordVictim(), AttackConfig(similarity="none"), WordEncoder({})).run(text, 1)
+    assert off.status == "success"
+
+
+def test_the_budget_that_ran_out_is_recorded():
+    text = "a good story , great acting and good music"
+    starved = attack(max_perturbed=1.0, query_budget=8).run(text, 1)
+    assert starved.status == "failed" and starved.exhausted and starved.queries <= 8 + len(Words(text))
 
 
 @pytest.mark.parametrize(
@@ -90,6 +124,7 @@ def test_summary_metrics():
         (["run", "attack=leetspeak"], "attack=leetspeak: choose synonym, charnoise"),
         (["run", "query_budget=many"], "query_budget"),
         (["attack=synonym"], "usage: tessera eval RUN_DIR"),
+        (["run", "min_word_similarity=1.5"], "min_word_similarity are cosine similarities"),
     ],
 )
 def test_bad_options_are_refused(argv, message):

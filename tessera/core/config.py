@@ -51,6 +51,11 @@ class DataConfig:
     #: Use only the first N examples of each split after shuffling (quick runs); null for all.
     limit_train: Optional[int] = None
     limit_eval: Optional[int] = None
+    #: Unlabelled text for ``objective=consistency``: ``rest`` (the training examples beyond ``limit_train``, labels
+    #: dropped) or a csv / jsonl file (a path or ``asset:NAME/FILE``, its ``text_column``); null: none.
+    unlabelled: Optional[str] = None
+    #: Use only the first N unlabelled texts (shuffled from ``split_seed``); null for all.
+    limit_unlabelled: Optional[int] = None
 
 
 @dataclass

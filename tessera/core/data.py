@@ -193,3 +193,61 @@ def load_splits(data_cfg, labelled: bool = True) -> Splits:
         test=test[:limit_eval],
         labels=labels,
     )
+
+
+#: ``data.unlabelled=rest``: the training examples beyond ``data.limit_train``.
+REST = "rest"
+
+
+def _unlabelled_file(data_cfg) -> tuple[Path, str]:
+    """The unlabelled file ``data.unlabelled`` names and its format (from its suffix, else ``data.format``)."""
+    path = resolve_path(data_cfg.unlabelled)
+    fmt = {".csv": "csv", ".jsonl": "jsonl"}.get(path.suffix.lower(), data_cfg.format)
+    if fmt not in ("csv", "jsonl"):
+        raise DataError(f"data.unlabelled={data_cfg.unlabelled} must be a csv or jsonl file (or rest)")
+    if not path.is_file():
+        raise DataError(
+            f"data.unlabelled={data_cfg.unlabelled}: {path} does not exist: set data.unlabelled to a csv or jsonl "
+            f"file with a '{data_cfg.text_column}' column, or to rest (the training examples beyond data.limit_train)"
+        )
+    return path, fmt
+
+
+def check_unlabelled(data_cfg) -> None:
+    """Refuse a ``data.unlabelled`` that cannot be read, in one line, without reading it."""
+    if not data_cfg.get("unlabelled"):
+        raise DataError(
+            "objective=consistency needs unlabelled text: set data.unlabelled=rest (the training examples beyond "
+            "data.limit_train) or data.unlabelled=PATH (a csv or jsonl file)"
+        )
+    if data_cfg.unlabelled == REST:
+        if data_cfg.limit_train is None:
+            raise DataError(
+                "data.unlabelled=rest is the training examples beyond data.limit_train, which is not set: "
+                "set data.limit_train=N (the labelled examples) or data.unlabelled=PATH"
+            )
+    else:
+        _unlabelled_file(data_cfg)
+    if data_cfg.get("limit_unlabelled") is not None and data_cfg.limit_unlabelled < 1:
+        raise DataError(f"data.limit_unlabelled={data_cfg.limit_unlabelled}: set 1 or more, or null for all")
+
+
+def load_unlabelled(data_cfg) -> list[str]:
+    """The unlabelled texts ``data.unlabelled`` names (:func:`check_unlabelled`), at most ``data.limit_unlabelled``:
+    ``rest``, the training split's examples beyond ``data.limit_train`` (never validation or test), or the texts
+    of a file, shuffled from ``data.split_seed``."""
+    from omegaconf import OmegaConf
+
+    check_unlabelled(data_cfg)
+    if data_cfg.unlabelled == REST:
+        whole = OmegaConf.merge(data_cfg, {"limit_train": None, "limit_eval": None})
+        texts = [example["text"] for example in load_splits(whole).train[data_cfg.limit_train :]]
+    else:
+        path, fmt = _unlabelled_file(data_cfg)
+        texts = [text for text, _ in read_pairs(path, fmt, data_cfg.text_column, None)]
+        random.Random(data_cfg.split_seed).shuffle(texts)
+    if not texts:
+        raise DataError(
+            f"data.unlabelled={data_cfg.unlabelled} holds no text (data.limit_train covers the whole training split?)"
+        )
+    return texts[: data_cfg.get("limit_unlabelled")]

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from tessera.core import distributed
 from tessera.core.compression import HUGGINGFACE, weights_on_disk
 from tessera.core.data import Splits, load_splits
+from tessera.core.errors import ConfigError
 from tessera.core.export import fold_adapters, model_card, write_export
 from tessera.core.files import atomic_directory, write_json, write_text
 from tessera.core.models import pretrained_path
@@ -51,6 +52,11 @@ def prepare(
     from tessera.core.trainer import check_trainer
 
     composition = compose(cfg, plugins, earlier_stages, earlier_bases)
+    if cfg.data.get("unlabelled") and not any(o.reads_unlabelled for o in composition.selected("objective")):
+        raise ConfigError(
+            f"data.unlabelled={cfg.data.unlabelled} is read only by objective=consistency: "
+            "select objective=[classification,consistency] or drop data.unlabelled"
+        )
     check_trainer(cfg.trainer)
     distributed.check_composition(composition, cfg.trainer)
     splits = load_splits(cfg.data, labelled=composition.needs_labels)

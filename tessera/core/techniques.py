@@ -71,6 +71,9 @@ class Objective(Technique):
     task: ClassVar[str]
     needs_labels: ClassVar[bool] = False
     rides_along: ClassVar[bool] = False
+    #: Whether it reads ``data.unlabelled`` (consistency training); a run that sets ``data.unlabelled`` without such
+    #: an objective is refused, since nothing would read it.
+    reads_unlabelled: ClassVar[bool] = False
     metric: ClassVar[str] = "loss"
     higher_is_better: ClassVar[bool] = False
     Config = ObjectiveConfig

@@ -10,8 +10,11 @@ attack stops at the query budget or when ``max_perturbed`` of the words have cha
 
 Similarity constraint (``synonym`` only): the cosine similarity of the sentence embeddings of the original and the
 perturbed text, all-MiniLM-L6-v2 (the packaged ``minilm`` asset) with mean pooling as sentence-transformers
-does, must be at least ``min_similarity``; ``similarity=none`` turns it off. The ``charnoise`` attack is bounded by
-one edit per word and ``max_perturbed`` instead (sentence embeddings of misspelt words mean little).
+does, must be at least ``min_similarity``; ``similarity=none`` turns it off. A word-level constraint may be added:
+``min_word_similarity`` above 0 keeps only substitutes whose MiniLM embedding (the word on its own) has at least
+that cosine similarity to the replaced word's (TextFooler's word-embedding constraint, with MiniLM in place of
+counter-fitted GloVe vectors). The ``charnoise`` attack is bounded by one edit per word and ``max_perturbed``
+instead (embeddings of misspelt words mean little).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class AttackConfig:
     #: ``minilm`` (sentence-embedding cosine) or ``none``.
     similarity: str = "minilm"
     min_similarity: float = 0.8
+    #: The least cosine similarity between a substitute's MiniLM embedding and the replaced word's (``synonym``
+    #: only); 0 turns the word-level constraint off.
+    min_word_similarity: float = 0.0
     protected: list[str] = field(default_factory=lambda: list(NEGATIONS))
     batch_size: int = 64
     seed: int = 0
@@ -89,6 +95,8 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         self.batch_size = batch_size
+        #: Embeddings of the single words :meth:`word_similarity` has seen.
+        self.words: dict = {}
 
     def embed(self, texts: list[str]):
         """A ``[len(texts), 384]`` numpy array of unit vectors."""
@@ -116,6 +124,18 @@ class SentenceEncoder:
         vectors = self.embed([original, *texts])
         return vectors[1:] @ vectors[0]
 
+    def remember(self, words) -> None:
+        """Embed the ``words`` (each on its own, lower case) not embedded yet, in one batch."""
+        missing = [w for w in dict.fromkeys(word.lower() for word in words) if w not in self.words]
+        if missing:
+            self.words.update(zip(missing, self.embed(missing)))
+
+    def word_similarity(self, word: str, substitutes: list[str]) -> list[float]:
+        """Cosine similarity of each substitute to ``word``, all embedded on their own (lower case, cached)."""
+        self.remember([word, *substitutes])
+        reference = self.words[word.lower()]
+        return [float(self.words[s.lower()] @ reference) for s in substitutes]
+
 
 @dataclass
 class AttackResult:
@@ -133,6 +153,20 @@ class AttackResult:
     perturbed: int = 0
     queries: int = 0
     similarity: Optional[float] = None
+    #: Whether the attack stopped because the query budget ran out.
+    exhausted: bool = False
+
+
+def synonym_substitutes(listed: list[str], index: int, protected: Protected, limit: int) -> list[str]:
+    """Single-word WordNet synonyms that word ``index`` of ``listed`` may become in its context (its guessed part of
+    speech, its inflection and capitalisation), at most ``limit``; none for stop words and ``protected`` words.
+    Shared by the attack and the ``a2t`` adversary, so training and evaluation perturb alike."""
+    word = listed[index]
+    if word.lower() in STOP_WORDS or word in protected:
+        return []
+    pos = guess_pos(listed, index)
+    found = synonyms(word.lower(), pos, multiword=False) if pos else ()
+    return [match_case(word, s) for s in found if s not in protected][:limit]
 
 
 class GreedyAttack:
@@ -154,9 +188,14 @@ class GreedyAttack:
                 return []
             rng = rng_for(self.config.seed, self.kind, index, text)
             return typos.variants(word, typos.OPERATIONS, rng, self.config.max_candidates)
-        pos = guess_pos(listed, index)
-        found = synonyms(word.lower(), pos, multiword=False) if pos else ()
-        return [match_case(word, s) for s in found if s not in self.protected][: self.config.max_candidates]
+        return synonym_substitutes(listed, index, self.protected, self.config.max_candidates)
+
+    def constrained(self, word: str, substitutes: list[str]) -> list[str]:
+        """The substitutes that pass the word-similarity constraint (all of them when it is off)."""
+        if self.kind != "synonym" or self.config.min_word_similarity <= 0 or self.encoder is None:
+            return substitutes
+        scores = self.encoder.word_similarity(word, substitutes)
+        return [s for s, score in zip(substitutes, scores) if score >= self.config.min_word_similarity]
 
     def run(self, text: str, label: int) -> AttackResult:
         """Attack one example."""
@@ -197,8 +236,11 @@ class GreedyAttack:
         for i in order:
             left = budget - (self.victim.queries - start_queries)
             if left <= 0 or result.perturbed >= limit:
+                result.exhausted = left <= 0
                 break
-            candidates = options[i][:left]
+            candidates = self.constrained(listed[i], options[i])[:left]
+            if not candidates:
+                continue
             trials = []
             for substitute in candidates:
                 trial = current.copy()
@@ -208,7 +250,7 @@ class GreedyAttack:
             probabilities = self.victim.probabilities(texts)
             allowed = np.ones(len(texts), dtype=bool)
             similarity = None
-            if self.kind == "synonym" and self.encoder is not None:
+            if self.kind == "synonym" and self.encoder is not None and self.config.similarity == "minilm":
                 similarity = self.encoder.similarity(text, texts)
                 allowed = similarity >= self.config.min_similarity
             flipped = allowed & (probabilities.argmax(1) != label)
@@ -230,7 +272,9 @@ class GreedyAttack:
 
 def summarize(results: list[AttackResult]) -> dict:
     """Clean accuracy, accuracy under attack, attack success rate (successes over attempted attacks), mean share
-    of words perturbed in successful attacks, mean queries, and the counts of each status and skip reason."""
+    of words perturbed in successful attacks, queries per example (over all examples, over the attacked ones and
+    over the successful ones), the failed attacks that ran out of query budget, and the counts of each status and
+    skip reason."""
     total = len(results)
     count = lambda status: sum(r.status == status for r in results)  # noqa: E731
     successes, failures = count("success"), count("failed")
@@ -248,8 +292,15 @@ def summarize(results: list[AttackResult]) -> dict:
         "attack_success_rate": successes / (successes + failures) if successes + failures else None,
         "mean_perturbed_share": (sum(r.perturbed / r.words for r in succeeded) / len(succeeded) if succeeded else None),
         "mean_queries": sum(r.queries for r in results) / total if total else None,
+        "mean_queries_attacked": _mean([r.queries for r in results if r.status in ("success", "failed")]),
+        "mean_queries_per_success": _mean([r.queries for r in succeeded]),
+        "budget_exhausted": sum(r.exhausted for r in results if r.status == "failed"),
         "successes": successes,
         "failures": failures,
         "misclassified": count("misclassified"),
         "skipped": skipped,
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -8,6 +8,7 @@ status). The options are the fields of :class:`~tessera.robustness.attacks.Attac
 
     tessera eval outputs/2026-11-30/10-00-00 attack=synonym examples=200 query_budget=200
     tessera eval RUN_DIR attack=synonym,charnoise similarity=none
+    tessera eval RUN_DIR attack=synonym query_budget=100 min_similarity=0.85 min_word_similarity=0.5
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def parse(argv: list[str]) -> tuple[Path, AttackConfig]:
         raise ConfigError(f"similarity={config.similarity}: choose minilm or none")
     if config.query_budget < 1 or not 0 < config.max_perturbed <= 1 or (config.examples or 1) < 1:
         raise ConfigError("query_budget and examples must be 1 or more, max_perturbed in (0, 1]")
+    if not (0 <= config.min_similarity <= 1 and 0 <= config.min_word_similarity <= 1):
+        raise ConfigError("min_similarity and min_word_similarity are cosine similarities: set them in [0, 1]")
     return Path(positional[0]).expanduser(), config
 
 
@@ -99,7 +102,8 @@ def evaluate(run_dir: Path, config: AttackConfig) -> dict:
     if exported != list(splits.labels):
         raise DataError(f"{export} predicts labels {exported}, the run's data has {splits.labels}: re-export the run")
     victim = Victim(model, AutoTokenizer.from_pretrained(export), cfg.data.max_length, config.batch_size)
-    encoder = SentenceEncoder(config.batch_size) if "synonym" in kinds and config.similarity == "minilm" else None
+    needs_encoder = config.similarity == "minilm" or config.min_word_similarity > 0
+    encoder = SentenceEncoder(config.batch_size) if "synonym" in kinds and needs_encoder else None
     reports = {}
     for kind in kinds or ["none"]:
         if kind == "none":

@@ -164,3 +164,14 @@ def related(word: str, pos: str, relation: str) -> tuple[str, ...]:
             if candidate and candidate not in (word, lemma) and candidate not in result:
                 result.append(candidate)
     return tuple(result)
+
+
+@functools.lru_cache(maxsize=100_000)
+def antonyms(word: str) -> frozenset[str]:
+    """Single-word WordNet antonyms of ``word`` (lower case) in any part of speech and sense (what an embedding
+    neighbour must not be: "good" and "bad" sit close in a language model's embedding space)."""
+    found = set()
+    for synset in _wordnet().synsets(word):
+        for lemma in synset.lemmas():
+            found.update(a.name().lower() for a in lemma.antonyms() if "_" not in a.name())
+    return frozenset(found)

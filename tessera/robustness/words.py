@@ -89,6 +89,15 @@ class Words:
         """The words, in order."""
         return self.pieces[1::2]
 
+    def spans(self) -> list[tuple[int, int]]:
+        """The ``(start, end)`` character offsets of the words in the text as it was given (before any edit)."""
+        spans, position = [], 0
+        for number, piece in enumerate(self.pieces):
+            if number % 2:
+                spans.append((position, position + len(piece)))
+            position += len(piece)
+        return spans
+
     def copy(self) -> Words:
         """An independent copy."""
         clone = Words("")
