@@ -34,21 +34,45 @@ def load_settings(run_cfg=None, overrides: list[str] = ()) -> ServeConfig:
 
 def dtype_for(settings: ServeConfig, kind: str, model_dir) -> str:
     """vLLM's ``--dtype``: the setting, or float32 for classifiers and bfloat16 for generation; bfloat16 for a
-    checkpoint with 4-bit weights (W4A16), whose CPU kernel computes in bfloat16 only."""
-    if four_bit_weights(model_dir):
+    checkpoint whose CPU kernel computes in bfloat16 only: 4-bit weights (W4A16), and W8A8 on a CPU with AMX
+    (vLLM's AMX int8 kernel takes bfloat16 or float16 activations)."""
+    bf16_only = (
+        "4-bit (W4A16) weights, which vLLM's CPU kernel runs"
+        if four_bit_weights(model_dir)
+        else "W8A8 int8 weights, which vLLM's AMX int8 kernel on this CPU runs"
+        if int8_activations(model_dir) and _amx()
+        else None
+    )
+    if bf16_only:
         if settings.dtype in ("float32", "float"):
             raise ConfigError(
-                f"{model_dir} holds 4-bit (W4A16) weights, which vLLM's CPU kernel runs in bfloat16 only: "
-                "drop dtype=float32 (or set dtype=bfloat16)"
+                f"{model_dir} holds {bf16_only} in bfloat16 only: drop dtype=float32 (or set dtype=bfloat16)"
             )
         return settings.dtype or "bfloat16"
     return settings.dtype or ("float32" if kind == "classify" else "bfloat16")
 
 
+def _amx() -> bool:
+    """Whether this CPU has AMX tiles (vLLM then runs W8A8 layers on its AMX int8 kernel)."""
+    import torch
+
+    return torch.cpu._is_amx_tile_supported()
+
+
+def _quantization_groups(model_dir) -> list[dict]:
+    groups = (model_config(model_dir).get("quantization_config") or {}).get("config_groups") or {}
+    return list(groups.values())
+
+
+def int8_activations(model_dir) -> bool:
+    """Whether the checkpoint's ``quantization_config`` (compressed-tensors) quantizes activations to 8 bits
+    (W8A8)."""
+    return any((group.get("input_activations") or {}).get("num_bits") == 8 for group in _quantization_groups(model_dir))
+
+
 def four_bit_weights(model_dir) -> bool:
     """Whether the checkpoint's ``quantization_config`` (compressed-tensors) quantizes weights to 4 bits."""
-    groups = (model_config(model_dir).get("quantization_config") or {}).get("config_groups") or {}
-    return any((group.get("weights") or {}).get("num_bits") == 4 for group in groups.values())
+    return any((group.get("weights") or {}).get("num_bits") == 4 for group in _quantization_groups(model_dir))
 
 
 def max_model_len(settings: ServeConfig, model_dir) -> int | None:
