@@ -139,6 +139,7 @@ def test_user_errors_are_one_line(tmp_path, capsys, private_cache):
         (["info", "dbpedia"], "error: unknown graph source 'dbpedia'"),
         (["query", "pykeen:nations"], "error: tessera kg query needs TEXT, --entity KEY or --sparql QUERY"),
         (["embed", "pykeen:nations", "--model", "transh"], "error: unknown KGE model 'transh'"),
+        (["embed", "pykeen:nations", "--init", "normal"], "error: unknown KGE init 'normal': choose default, pyg"),
     ):
         with pytest.raises(SystemExit, match="2"):
             tessera_main(["kg", *argv])

@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--adversarial-temperature", type=float, default=1.0, help="softmax temperature of the nssa loss's weights"
     )
+    embed.add_argument(
+        "--init",
+        default="default",
+        help="entity initialisation: default (uniform:0.5 for RotatE, pyg otherwise), pyg (torch_geometric's) or "
+        "uniform:B (uniform in [-B, B])",
+    )
     embed.add_argument("--encoder", default="none", help="none or rgcn")
     embed.add_argument("--seed", type=int, default=0)
     embed.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small graphs)")
@@ -214,6 +220,7 @@ def embed(args, plugins) -> int:
         loss=args.loss,
         margin=args.margin,
         adversarial_temperature=args.adversarial_temperature,
+        init=args.init,
         encoder=args.encoder,
         seed=args.seed,
         threads=args.threads,

@@ -60,7 +60,7 @@ class CandidateScores:
         entities = scorer.entity_matrix().detach()
         self.relations = scorer.relation_matrix().detach().double()
         if model == "transe":
-            self.entities = F.normalize(entities, p=self.p_norm, dim=-1)
+            self.entities = F.normalize(entities, p=scorer.entity_norm, dim=-1)
             self.relations = self.relations.float()
         else:
             self.entities = entities.double()
