@@ -100,6 +100,10 @@ def fused_lora_forward(self, x, *args, **kwargs):
 def fused_lora(model):
     """Give every PEFT LoRA linear layer of ``model`` :func:`fused_lora_forward`; return a function that restores
     PEFT's forward."""
+    import sys
+
+    if "peft" not in sys.modules:  # a model with PEFT layers has imported peft; importing it here costs seconds
+        return lambda: None
     from peft.tuners.lora.layer import Linear
 
     layers = [module for module in model.modules() if isinstance(module, Linear)]
